@@ -1,0 +1,372 @@
+"""FedLUAR as a TFF aggregation factory: layer-wise update aggregation with recycling.
+
+`LuarFactory` is a `tff.aggregators.WeightedAggregationFactory`. Use it as the
+``model_aggregator`` of TFF's learning-process builders, then wrap the
+process with `with_global_weight_norms` so that the scores see the norms of
+the global weights:
+
+    process = tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn=..., model_aggregator=LuarFactory(2))
+    process = keras_luar.with_global_weight_norms(process)
+
+One round of the aggregator (t counts from 0):
+
+1. Server: R_t, the recycle mask drawn at the end of round t-1 (empty in
+   round 0), is broadcast to the clients.
+2. Clients: the candidates in R_t are zero-filled and not counted as uploaded
+   (TFF types are static, so the simulation carries zeros where a deployment
+   would send nothing). A client whose update holds NaN/Inf anywhere, or whose
+   weight is 0, is dropped: its whole update is zeroed and weighted 0.
+3. Inner aggregation (default `tff.aggregators.MeanFactory`) of what was sent.
+4. Server: recycled candidates get their stored update U_l unchanged (neither
+   U_l nor the score s_l is refreshed, so scores go stale and a layer may be
+   recycled again). Every other candidate takes the fresh mean, which is
+   stored as U_l with the score s_l = ||U_l|| / (||x_{t,l}|| + 1e-6). Then
+   R_{t+1} is drawn (`keras_luar.scoring.sample_recycle_mask`).
+
+The sign of the update does not matter: TFF's client work reports
+``initial - trained`` weights, and norms and recycling are sign-agnostic.
+
+References:
+  Kim, Kang, Lee. "Layer-wise Update Aggregation with Recycling for
+  Communication-Efficient Federated Learning", 2025 (Algorithms 1 and 2).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from keras_luar import layers, scoring
+
+ClientWeighting = Literal["uniform", "example"]
+_WEIGHTINGS = ("uniform", "example")
+_MISSING_NORMS_MESSAGE = (
+    "keras_luar WARNING: LuarFactory got no global weight norms this round, so "
+    "layer scores fall back to ||update|| alone (not FedLUAR's ||update||/||weights||). "
+    "Wrap the learning process with keras_luar.with_global_weight_norms(process)."
+)
+
+
+class LuarState(NamedTuple):
+    """Server state of `LuarFactory` (L = number of candidate layers)."""
+
+    round_num: Any  # int32 []: rounds aggregated so far
+    seed: Any  # int64 []: run seed; round t draws with the stateless seed [seed, t]
+    recycle_mask: Any  # bool [L]: R_t, the candidates recycled in the coming round
+    scores: Any  # float32 [L]: s_l from each candidate's last fresh aggregation
+    last_updates: Any  # tuple of L tensors: U_l, each candidate's last fresh aggregate
+    aggregation_counts: Any  # int64 [L]: rounds in which each candidate was aggregated fresh
+    weight_norms: Any  # float32 [L]: ||x_t,l||, written before each round; -1 = not written
+    inner: Any  # state of the inner aggregation process
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    if value < minimum:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+class LuarFactory(tff.aggregators.WeightedAggregationFactory):
+    """FedLUAR's aggregation step as a TFF weighted aggregation factory.
+
+    Args:
+      num_recycled_layers: δ, the number of candidate layers recycled per round
+        (0 reproduces the inner aggregation, i.e. FedAvg, exactly). Must be
+        smaller than the number of candidates L of the value type.
+      seed: Seed of the stateless RNG that draws the recycled layers.
+      inner_factory: A `tff.aggregators.WeightedAggregationFactory` that
+        aggregates the sent part; defaults to `tff.aggregators.MeanFactory()`.
+      client_weighting: ``"uniform"`` averages client updates with equal
+        weights, as the official FedLUAR code does; ``"example"`` uses the
+        weights TFF passes in (the number of examples, with TFF's default
+        client weighting). Clients with weight 0 are dropped either way.
+      variable_names: Optional names for the leaves of the value type, in
+        `tf.nest.flatten` order (e.g. ``[v.name for v in
+        model.trainable_variables]``); they name the candidates in
+        `candidate_names` and in reports.
+
+    Raises:
+      TypeError: If `num_recycled_layers` or `seed` is not an int, or
+        `inner_factory` is not a weighted factory.
+      ValueError: If `num_recycled_layers` < 0 or `client_weighting` is
+        unknown. `create` raises ValueError if δ >= L or L = 0.
+
+    Example:
+      >>> import numpy as np, tensorflow_federated as tff
+      >>> import keras_luar
+      >>> factory = keras_luar.LuarFactory(1)
+      >>> value_type = tff.types.to_type([(np.float32, (3, 2)), (np.float32, (2,)),
+      ...                                 (np.float32, (2, 2))])
+      >>> process = factory.create(value_type, tff.TensorType(np.float32))
+      >>> factory.candidate_names
+      ('trainable/0', 'trainable/2')
+
+    References:
+      Kim, Kang, Lee, "Layer-wise Update Aggregation with Recycling for
+      Communication-Efficient Federated Learning", 2025.
+    """
+
+    def __init__(
+        self,
+        num_recycled_layers: int,
+        *,
+        seed: int = 0,
+        inner_factory: tff.aggregators.WeightedAggregationFactory | None = None,
+        client_weighting: ClientWeighting = "uniform",
+        variable_names: list[str] | None = None,
+    ):
+        self._num_recycled = _check_int("num_recycled_layers", num_recycled_layers, 0)
+        self._seed = _check_int("seed", seed, -(2**63))
+        if inner_factory is None:
+            inner_factory = tff.aggregators.MeanFactory()
+        if not isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory):
+            raise TypeError(
+                "Invalid value for argument `inner_factory`. Expected a "
+                "tff.aggregators.WeightedAggregationFactory. Received: "
+                f"inner_factory={type(inner_factory).__name__}"
+            )
+        if client_weighting not in _WEIGHTINGS:
+            raise ValueError(
+                "Invalid value for argument `client_weighting`. Expected one of "
+                f"{_WEIGHTINGS}. Received: client_weighting={client_weighting!r}"
+            )
+        self._inner_factory = inner_factory
+        self._client_weighting = client_weighting
+        self._variable_names = None if variable_names is None else list(variable_names)
+        self._layout: layers.ModelLayout | None = None
+
+    @property
+    def num_recycled_layers(self) -> int:
+        """δ, the number of layers recycled per round."""
+        return self._num_recycled
+
+    @property
+    def layout(self) -> layers.ModelLayout:
+        """The candidate layout of the last `create` call."""
+        if self._layout is None:
+            raise RuntimeError("LuarFactory.layout is known only after create() has run.")
+        return self._layout
+
+    @property
+    def candidate_names(self) -> tuple[str, ...]:
+        """Names of the candidates; the ``recycled`` measurement is aligned with them."""
+        return self.layout.candidate_names
+
+    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+        """Builds the aggregation process for `value_type` (see the class docstring).
+
+        Args:
+          value_type: A structure of float tensors with fully defined shapes.
+          weight_type: A float `tff.TensorType`.
+
+        Returns:
+          A `tff.templates.AggregationProcess` whose state is a `LuarState`.
+
+        Raises:
+          TypeError: If the types are not as above.
+          ValueError: If the value type has no candidate or δ >= L.
+        """
+        value_type = tff.types.to_type(value_type)
+        weight_type = tff.types.to_type(weight_type)
+        if not tff.types.is_structure_of_floats(value_type):
+            raise TypeError(
+                "LuarFactory.create: expected `value_type` to be a structure of float "
+                f"tensors. Received: value_type={value_type}"
+            )
+        if not (
+            isinstance(weight_type, tff.TensorType)
+            and tf.as_dtype(weight_type.dtype).is_floating
+        ):
+            raise TypeError(
+                "LuarFactory.create: expected `weight_type` to be a float tensor type. "
+                f"Received: weight_type={weight_type}"
+            )
+        layout = layers.describe_weights_type(value_type, names=self._variable_names)
+        if layout.num_candidates == 0:
+            raise ValueError(
+                "LuarFactory.create: the value type has no recycling candidate (no "
+                f"trainable float tensor of rank >= 2). Received: value_type={value_type}"
+            )
+        if self._num_recycled >= layout.num_candidates:
+            raise ValueError(
+                "Invalid value for argument `num_recycled_layers`. Expected an int "
+                f"smaller than the model's number of candidate layers L={layout.num_candidates} "
+                f"({', '.join(layout.candidate_names)}). "
+                f"Received: num_recycled_layers={self._num_recycled}"
+            )
+        self._layout = layout
+        inner_process = self._inner_factory.create(value_type, weight_type)
+        inner_state_type = inner_process.initialize.type_signature.result.member
+
+        cand_idx = layout.candidate_indices
+        num_layers = layout.num_candidates
+        cand_specs = [(tf.as_dtype(v.dtype), v.shape) for v in layout.candidates]
+        cand_sizes = np.array(layout.candidate_sizes, np.int64)
+        cand_bytes = np.array([v.nbytes for v in layout.candidates], np.int64)
+        total_size = np.int64(layout.trainable_size)
+        total_bytes = np.int64(layout.trainable_bytes)
+        num_recycled = self._num_recycled
+        seed = self._seed
+        uniform = self._client_weighting == "uniform"
+
+        @tff.tensorflow.computation(inner_state_type)
+        def init_state(inner):
+            return LuarState(
+                round_num=tf.constant(0, tf.int32),
+                seed=tf.constant(seed, tf.int64),
+                recycle_mask=tf.zeros([num_layers], tf.bool),
+                scores=tf.zeros([num_layers], tf.float32),
+                last_updates=tuple(tf.zeros(shape, dtype) for dtype, shape in cand_specs),
+                aggregation_counts=tf.zeros([num_layers], tf.int64),
+                weight_norms=-tf.ones([num_layers], tf.float32),
+                inner=inner,
+            )
+
+        @tff.federated_computation()
+        def init_fn():
+            return tff.federated_map(init_state, inner_process.initialize())
+
+        state_type = init_state.type_signature.result
+        mask_type = tff.TensorType(np.bool_, [num_layers])
+
+        @tff.tensorflow.computation(state_type)
+        def get_mask(state):
+            return state.recycle_mask
+
+        @tff.tensorflow.computation(state_type)
+        def get_inner(state):
+            return state.inner
+
+        @tff.tensorflow.computation(value_type, weight_type, mask_type)
+        def prepare_upload(value, weight, mask):
+            flat = tf.nest.flatten(value)
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
+            valid = tf.logical_and(finite, weight > 0)
+            for j, i in enumerate(cand_idx):
+                flat[i] = tf.where(mask[j], tf.zeros_like(flat[i]), flat[i])
+            # A dropped client's values must not reach the inner sum: 0 * NaN is NaN.
+            flat = [tf.where(valid, t, tf.zeros_like(t)) for t in flat]
+            kept_weight = tf.ones_like(weight) if uniform else weight
+            agg_weight = tf.where(valid, kept_weight, tf.zeros_like(weight))
+            return (
+                tf.nest.pack_sequence_as(value, flat),
+                agg_weight,
+                tf.cast(valid, tf.int32),
+                tf.constant(1, tf.int32),
+            )
+
+        inner_result_type = inner_process.next.type_signature.result.result.member
+
+        @tff.tensorflow.computation(
+            state_type, inner_state_type, inner_result_type, np.int32, np.int32
+        )
+        def server_update(state, inner_state, mean_value, num_valid, num_clients):
+            flat = tf.nest.flatten(mean_value)
+            mask = state.recycle_mask
+            fresh = tf.logical_and(tf.logical_not(mask), num_valid > 0)
+            norms_missing = tf.reduce_any(state.weight_norms < 0)
+            # tf.equal, not `==`: in TFF's graph context `==` compares Python identity.
+            warned = tf.cond(
+                tf.logical_and(norms_missing, tf.equal(state.round_num, 0)),
+                _print_missing_norms_warning,
+                lambda: tf.constant(False),
+            )
+            weight_norms = tf.where(norms_missing, tf.ones_like(state.weight_norms), state.weight_norms)
+            fresh_means = [flat[i] for i in cand_idx]
+            fresh_scores = scoring.layer_scores(scoring.frobenius_norms(fresh_means), weight_norms)
+            scores = tf.where(fresh, fresh_scores, state.scores)
+            last_updates = []
+            for j, i in enumerate(cand_idx):
+                stored = state.last_updates[j]
+                last_updates.append(tf.where(fresh[j], flat[i], stored))
+                flat[i] = tf.where(mask[j], stored, flat[i])
+            counts = state.aggregation_counts + tf.cast(fresh, tf.int64)
+            next_mask = scoring.sample_recycle_mask(
+                scores,
+                num_recycled,
+                scoring.round_seed(state.seed, state.round_num),
+                eligible=counts > 0,
+            )
+            new_state = LuarState(
+                round_num=state.round_num + 1,
+                seed=state.seed,
+                recycle_mask=next_mask,
+                scores=scores,
+                last_updates=tuple(last_updates),
+                aggregation_counts=counts,
+                weight_norms=-tf.ones_like(state.weight_norms),
+                inner=inner_state,
+            )
+            mask64 = tf.cast(mask, tf.int64)
+            per_client = total_size - tf.reduce_sum(mask64 * cand_sizes)
+            per_client_bytes = total_bytes - tf.reduce_sum(mask64 * cand_bytes)
+            clients64 = tf.cast(num_clients, tf.int64)
+            # `warned` implies `norms_missing`; or-ing them ties the print to an output.
+            norms_missing = tf.logical_or(norms_missing, warned)
+            measurements = collections.OrderedDict(
+                recycled=mask,
+                num_recycled=tf.reduce_sum(tf.cast(mask, tf.int32)),
+                num_clients=num_clients,
+                num_dropped_clients=num_clients - num_valid,
+                upload_params_per_client=per_client,
+                upload_params=per_client * clients64,
+                upload_bytes_per_client=per_client_bytes,
+                upload_bytes=per_client_bytes * clients64,
+                upload_fraction=tf.cast(per_client, tf.float64) / float(total_size),
+                scores=scores,
+                aggregation_counts=counts,
+                weight_norms_missing=norms_missing,
+            )
+            return new_state, tf.nest.pack_sequence_as(mean_value, flat), measurements
+
+        @tff.federated_computation(
+            tff.FederatedType(state_type, tff.SERVER),
+            tff.FederatedType(value_type, tff.CLIENTS),
+            tff.FederatedType(weight_type, tff.CLIENTS),
+        )
+        def next_fn(state, value, weight):
+            # Client computation: the mask travels down, recycled layers stay home.
+            client_mask = tff.federated_broadcast(tff.federated_map(get_mask, state))
+            upload = tff.federated_map(prepare_upload, (value, weight, client_mask))
+            # Inner aggregation of the sent part.
+            inner_output = inner_process.next(
+                tff.federated_map(get_inner, state), upload[0], upload[1]
+            )
+            num_valid = tff.federated_sum(upload[2])
+            num_clients = tff.federated_sum(upload[3])
+            # Server computation: recycle, refresh stored updates and scores, draw R_{t+1}.
+            new_state, result, luar_measurements = tff.federated_map(
+                server_update,
+                (state, inner_output.state, inner_output.result, num_valid, num_clients),
+            )
+            # Output preparation.
+            measurements = tff.federated_zip(
+                collections.OrderedDict(luar=luar_measurements, inner=inner_output.measurements)
+            )
+            return tff.templates.MeasuredProcessOutput(
+                state=new_state, result=result, measurements=measurements
+            )
+
+        return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def _print_missing_norms_warning():
+    # Runs inside TFF's worker: the message goes to the worker's stderr, which TFF
+    # connects to ours. The `weight_norms_missing` measurement says the same.
+    op = tf.print(_MISSING_NORMS_MESSAGE, output_stream=sys.stderr)
+    with tf.control_dependencies([op]):
+        return tf.constant(True)
