@@ -23,7 +23,6 @@ The order of variables is the order TFF uses for
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Literal
@@ -167,11 +166,21 @@ def _info(name, shape, dtype, trainable, index, bn_statistics) -> VariableInfo:
 
 
 def _unique(names: list[str]) -> list[str]:
-    seen: collections.Counter[str] = collections.Counter()
+    # The first occurrence of a name keeps it; later ones get the first free
+    # "<name>#<k>", free meaning neither given in `names` nor generated before
+    # (so ["a", "a", "a#1"] gives ["a", "a#2", "a#1"], not a repeated "a#1").
+    taken = set(names)
+    seen: set[str] = set()
     out = []
     for n in names:
-        seen[n] += 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n] - 1}")
+        if n in seen:
+            k = 1
+            while f"{n}#{k}" in taken:
+                k += 1
+            n = f"{n}#{k}"
+            taken.add(n)
+        seen.add(n)
+        out.append(n)
     return out
 
 

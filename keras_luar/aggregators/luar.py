@@ -275,9 +275,12 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
             state_type, inner_state_type, inner_result_type, np.int32, np.int32
         )
         def server_update(state, inner_state, mean_value, num_valid, num_clients):
-            flat = tf.nest.flatten(mean_value)
+            any_valid = num_valid > 0
+            # With every client dropped the inner mean is 0/0 (TFF's MeanFactory
+            # divides without a guard by default): the round contributes nothing.
+            flat = [tf.where(any_valid, t, tf.zeros_like(t)) for t in tf.nest.flatten(mean_value)]
             mask = state.recycle_mask
-            fresh = tf.logical_and(tf.logical_not(mask), num_valid > 0)
+            fresh = tf.logical_and(tf.logical_not(mask), any_valid)
             norms_missing = tf.reduce_any(state.weight_norms < 0)
             # tf.equal, not `==`: in TFF's graph context `==` compares Python identity.
             warned = tf.cond(

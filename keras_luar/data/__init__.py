@@ -1,0 +1,16 @@
+"""Federated data: client partitioners and the default digits data set.
+
+`partition_dirichlet` reproduces the label-skewed split used by the FedLUAR
+paper; `partition_iid` is the uniform baseline; `load_digits_federated` builds
+a ready-to-train `FederatedData` from scikit-learn's bundled digits.
+"""
+
+from keras_luar.data.digits import FederatedData, load_digits_federated
+from keras_luar.data.partition import partition_dirichlet, partition_iid
+
+__all__ = [
+    "FederatedData",
+    "load_digits_federated",
+    "partition_dirichlet",
+    "partition_iid",
+]
