@@ -45,6 +45,16 @@ def _set_parent_death_signal() -> None:  # runs in the child, between fork and e
         pass
 
 
+def _has_fileno(stream) -> bool:
+    if stream is None or isinstance(stream, int):
+        return True
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
 class _WorkerPopen(subprocess.Popen):
     """`subprocess.Popen` that ties a TFF worker's life to its parent."""
 
@@ -52,6 +62,13 @@ class _WorkerPopen(subprocess.Popen):
         is_worker = bool(args) and os.path.basename(str(args[0])) == _WORKER_NAME
         if is_worker and sys.platform.startswith("linux") and "preexec_fn" not in kwargs:
             kwargs["preexec_fn"] = _set_parent_death_signal
+        if is_worker:
+            # TFF hands over sys.stdout/sys.stderr; when those were replaced by objects
+            # without a file descriptor (pytest's capsys, some notebook front-ends),
+            # Popen fails with "fileno". Inherit our real descriptors instead.
+            for key in ("stdout", "stderr"):
+                if not _has_fileno(kwargs.get(key)):
+                    kwargs[key] = None
         super().__init__(args, *pargs, **kwargs)
         if is_worker:
             _started.append(self)

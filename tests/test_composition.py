@@ -149,7 +149,7 @@ def test_fed_prox_composition():
     sizes = {0: 20, 2: 20, 4: 12}
     total = 20 + 5 + 20 + 4 + 12 + 3
     assert per_client[0] == total
-    for (before, out), sent in zip(history[1:], per_client[1:], strict=True):
+    for (_, out), sent in zip(history[1:], per_client[1:], strict=True):
         mask = np.asarray(out.metrics["aggregator"]["luar"]["recycled"])
         assert sent == total - sum(sizes[i] for j, i in enumerate(KERNELS) if mask[j])
         assert not out.metrics["aggregator"]["luar"]["weight_norms_missing"]

@@ -145,7 +145,7 @@ def partition_dirichlet(
             # Clients at or above the cap stop receiving samples. At least one
             # client is always open: the samples assigned so far number < n.
             open_clients = np.array([len(idx_j) < cap for idx_j in idx_batch])
-            p = p * 1
+            p = p * open_clients
             total = p.sum()
             p = p / total if total > 0 else open_clients / open_clients.sum()
             cuts = (np.cumsum(p) * len(idx_k)).astype(int)[:-1]
