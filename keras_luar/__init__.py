@@ -14,7 +14,7 @@ from keras_luar import _runtime  # noqa: E402
 
 _runtime.install()
 
-from keras_luar import layers, scoring  # noqa: E402
+from keras_luar import data, layers, scoring  # noqa: E402
 from keras_luar.aggregators import LuarFactory, LuarState, with_global_weight_norms  # noqa: E402
 from keras_luar.layers import describe_model, describe_weights_type  # noqa: E402
 
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LuarFactory",
     "LuarState",
+    "data",
     "describe_model",
     "describe_weights_type",
     "layers",

@@ -204,7 +204,7 @@ def describe_model(model: tf.keras.Model, *, bn_statistics: BnStatistics = "aver
     Raises:
       ValueError: If the model is not built or `bn_statistics` is unknown.
 
-    Example:
+    Examples:
       >>> import tensorflow as tf
       >>> from keras_luar.layers import describe_model
       >>> model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
@@ -244,7 +244,7 @@ def _leaf_specs(type_spec) -> list[tf.TensorSpec]:
 
 
 def describe_weights_type(
-    value_type,
+    value_type: object,
     *,
     names: Sequence[str] | None = None,
     bn_statistics: BnStatistics = "average",

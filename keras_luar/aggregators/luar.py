@@ -105,7 +105,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
       ValueError: If `num_recycled_layers` < 0 or `client_weighting` is
         unknown. `create` raises ValueError if δ >= L or L = 0.
 
-    Example:
+    Examples:
       >>> import numpy as np, tensorflow_federated as tff
       >>> import keras_luar
       >>> factory = keras_luar.LuarFactory(1)
@@ -166,7 +166,9 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
         """Names of the candidates; the ``recycled`` measurement is aligned with them."""
         return self.layout.candidate_names
 
-    def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
+    def create(
+        self, value_type: tff.types.Type, weight_type: tff.types.Type
+    ) -> tff.templates.AggregationProcess:
         """Builds the aggregation process for `value_type` (see the class docstring).
 
         Args:

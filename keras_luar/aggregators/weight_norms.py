@@ -65,7 +65,7 @@ def with_global_weight_norms(
       ValueError: If its state has no `LuarState` or no ``global_model_weights``,
         or if the LUAR candidates do not match the global model's.
 
-    Example:
+    Examples:
       >>> process = tff.learning.algorithms.build_weighted_fed_avg(  # doctest: +SKIP
       ...     model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
       ...     model_aggregator=keras_luar.LuarFactory(2))

@@ -38,7 +38,7 @@ class FederatedData:
       num_classes: Number of classes.
       input_shape: Shape of one example, without the batch dimension.
 
-    Example:
+    Examples:
       >>> data = load_digits_federated(num_clients=4)
       >>> data.client_ids
       ['client_000', 'client_001', 'client_002', 'client_003']
@@ -69,7 +69,7 @@ class FederatedData:
         Raises:
           ValueError: If `batch_size` is not an int >= 1.
 
-        Example:
+        Examples:
           >>> data = load_digits_federated(num_clients=2)
           >>> x, y = next(iter(data.test_dataset(batch_size=8)))
           >>> x.shape.as_list(), y.shape.as_list()
@@ -112,7 +112,7 @@ def load_digits_federated(
         would have fewer samples than there are classes, or if the partition
         fails (see `partition_dirichlet`).
 
-    Example:
+    Examples:
       >>> data = load_digits_federated(num_clients=4, alpha=0.5)
       >>> len(data.client_data)
       4

@@ -107,7 +107,7 @@ def partition_dirichlet(
         exceeds the number of samples, or if no draw within `max_attempts`
         gives every client `min_size` samples.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> y = np.repeat(np.arange(4), 25)
       >>> parts = partition_dirichlet(np.zeros((100, 3)), y, num_clients=5, alpha=0.5, min_size=5)
@@ -179,7 +179,7 @@ def partition_iid(x: Sized, y: Sized, num_clients: int, *, seed: int = 0) -> lis
       ValueError: If an argument is invalid or `num_clients` exceeds the
         number of samples.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> [len(p) for p in partition_iid(np.zeros(10), np.zeros(10), 3)]
       [4, 3, 3]
