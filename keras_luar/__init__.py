@@ -17,10 +17,12 @@ _runtime.install()
 from keras_luar import data, layers, scoring  # noqa: E402
 from keras_luar.aggregators import LuarFactory, LuarState, with_global_weight_norms  # noqa: E402
 from keras_luar.layers import describe_model, describe_weights_type  # noqa: E402
+from keras_luar.trainer import FederatedTrainer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FederatedTrainer",
     "LuarFactory",
     "LuarState",
     "data",

@@ -154,6 +154,19 @@ def _stop_stray_children(timeout: float) -> int:
     return len(workers)
 
 
+def _at_exit() -> None:
+    stop_workers()
+    # TFF's ServiceManager.__del__ may run during interpreter teardown, after module
+    # globals were cleared, and then prints a spurious traceback. The workers are
+    # stopped above, so its clean-up has nothing left to do.
+    import gc
+
+    for obj in gc.get_objects():
+        cls = type(obj)
+        if cls.__name__ == "ServiceManager" and cls.__module__.endswith("executor_factory"):
+            cls.__del__ = lambda self: None
+
+
 def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tests
     stop_workers(timeout=1.0)
     signal.signal(signum, signal.SIG_DFL)
@@ -170,7 +183,7 @@ def install() -> None:
     from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
 
     executor_factory.subprocess = _SubprocessShim()
-    atexit.register(stop_workers)
+    atexit.register(_at_exit)
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) in (signal.SIG_DFL, None):

@@ -5,11 +5,14 @@ paper; `partition_iid` is the uniform baseline; `load_digits_federated` builds
 a ready-to-train `FederatedData` from scikit-learn's bundled digits.
 """
 
+from keras_luar.data.clients import as_client_datasets, check_client_datasets
 from keras_luar.data.digits import FederatedData, load_digits_federated
 from keras_luar.data.partition import partition_dirichlet, partition_iid
 
 __all__ = [
     "FederatedData",
+    "as_client_datasets",
+    "check_client_datasets",
     "load_digits_federated",
     "partition_dirichlet",
     "partition_iid",

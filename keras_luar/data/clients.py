@@ -1,0 +1,187 @@
+"""Client data in the forms users have it, checked before any round runs.
+
+`FederatedTrainer.fit` accepts per-client data as a list or dict of
+`tf.data.Dataset`s, a `tff.simulation.datasets.ClientData`, a
+`keras_luar.data.FederatedData`, or arrays with a partition,
+``(x, y, partitions)``, where ``partitions`` is a list of index arrays as
+returned by `partition_dirichlet` or `partition_iid`. `as_client_datasets`
+turns every form into ``{client_id: dataset}`` and `check_client_datasets`
+rejects what would fail or silently corrupt training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+
+def _invalid(message: str) -> ValueError:
+    return ValueError(f"Invalid value for argument `client_data`. {message}")
+
+
+def as_client_datasets(client_data: Any) -> dict[str, tf.data.Dataset]:
+    """Returns ``{client_id: dataset}`` for any supported client-data form.
+
+    Args:
+      client_data: See the module docstring.
+
+    Returns:
+      An insertion-ordered dict from client id to dataset.
+
+    Raises:
+      TypeError: For an unsupported type.
+      ValueError: For no clients, or bad partitions.
+
+    Examples:
+      >>> import numpy as np
+      >>> x, y = np.zeros((6, 2), np.float32), np.arange(6) % 2
+      >>> sorted(as_client_datasets((x, y, [np.arange(3), np.arange(3, 6)])))
+      ['0', '1']
+    """
+    from keras_luar.data.digits import FederatedData
+
+    if isinstance(client_data, FederatedData):
+        datasets = dict(client_data.client_data)
+    elif isinstance(client_data, Mapping):
+        datasets = {str(k): v for k, v in client_data.items()}
+    elif isinstance(client_data, tuple) and len(client_data) == 3:
+        datasets = _from_partitions(*client_data)
+    elif isinstance(client_data, Sequence) and not isinstance(client_data, str | tuple):
+        datasets = {str(i): ds for i, ds in enumerate(client_data)}
+    elif _is_client_data(client_data):
+        datasets = {
+            str(cid): client_data.create_tf_dataset_for_client(cid)
+            for cid in client_data.client_ids
+        }
+    else:
+        raise TypeError(
+            "Invalid value for argument `client_data`. Expected a list or dict of "
+            "tf.data.Dataset, a tff.simulation.datasets.ClientData, a FederatedData or "
+            f"(x, y, partitions). Received: client_data of type {type(client_data).__name__}"
+        )
+    if not datasets:
+        raise _invalid("Expected at least one client. Received: no clients")
+    for cid, ds in datasets.items():
+        if not isinstance(ds, tf.data.Dataset):
+            raise _invalid(
+                f"Expected a tf.data.Dataset for every client. Received: client {cid!r} "
+                f"holds a {type(ds).__name__}"
+            )
+    return datasets
+
+
+def _is_client_data(obj: Any) -> bool:
+    return hasattr(obj, "client_ids") and hasattr(obj, "create_tf_dataset_for_client")
+
+
+def _from_partitions(x, y, partitions) -> dict[str, tf.data.Dataset]:
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise _invalid(f"Expected x and y of equal length. Received: {len(x)} and {len(y)}")
+    out = {}
+    for i, idx in enumerate(partitions):
+        idx = np.asarray(idx, np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(x)):
+            raise _invalid(f"Partition {i} holds indices outside [0, {len(x)}).")
+        out[str(i)] = tf.data.Dataset.from_tensor_slices((x[idx], y[idx]))
+    return out
+
+
+def _spec_summary(spec) -> str:
+    return str(tf.nest.map_structure(lambda s: f"{s.dtype.name}{s.shape.as_list()}", spec))
+
+
+def check_client_datasets(
+    datasets: Mapping[str, tf.data.Dataset],
+    *,
+    input_rank: int,
+    num_outputs: int,
+    scan: bool = True,
+) -> bool:
+    """Checks client datasets against each other and the model.
+
+    Args:
+      datasets: ``{client_id: dataset}`` with ``(x, y)`` elements.
+      input_rank: Rank of the model's batched input, e.g. 4 for images.
+      num_outputs: Size of the model's last output dimension.
+      scan: Also read every element once to check label range and finiteness.
+
+    Returns:
+      Whether the datasets are batched.
+
+    Raises:
+      ValueError: With the offending client named, for: elements that are not
+        ``(x, y)`` pairs, element specs that differ between clients, an empty
+        client, integer labels outside ``[0, num_outputs)``, or NaN/Inf in x.
+    """
+    first_id, first = next(iter(datasets.items()))
+    spec = first.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise _invalid(
+            f"Expected dataset elements (x, y). Received: client {first_id!r} yields "
+            f"{_spec_summary(spec)}"
+        )
+    for cid, ds in datasets.items():
+        if ds.element_spec != spec:
+            raise _invalid(
+                f"Expected the same element spec for every client. Received: client "
+                f"{first_id!r} yields {_spec_summary(spec)} but client {cid!r} yields "
+                f"{_spec_summary(ds.element_spec)}"
+            )
+    x_rank = spec[0].shape.rank
+    if x_rank == input_rank:
+        batched = True
+    elif x_rank == input_rank - 1:
+        batched = False
+    else:
+        raise _invalid(
+            f"Expected x of rank {input_rank - 1} (unbatched) or {input_rank} (batched) to "
+            f"match the model input. Received: x spec {_spec_summary(spec[0])}"
+        )
+    sparse = spec[1].dtype.is_integer
+    checker = _scanner(sparse) if scan else None
+    for cid, ds in datasets.items():
+        if checker is None:
+            if ds.cardinality() == 0 or not list(ds.take(1)):
+                raise _invalid(f"Expected every client to hold data. Received: client {cid!r} is empty")
+            continue
+        count, low, high, finite = (v.numpy() for v in checker(ds))
+        if count == 0:
+            raise _invalid(f"Expected every client to hold data. Received: client {cid!r} is empty")
+        if not finite:
+            raise _invalid(f"Expected finite inputs. Received: client {cid!r} has NaN or Inf in x")
+        if sparse and (low < 0 or high >= max(num_outputs, 2)):
+            raise _invalid(
+                f"Expected integer labels in [0, {max(num_outputs, 2)}) to match the model's "
+                f"{num_outputs} outputs. Received: client {cid!r} has labels in [{low}, {high}]"
+            )
+    return batched
+
+
+def _scanner(sparse: bool):
+    @tf.function
+    def scan(ds):
+        def step(acc, element):
+            x, y = element
+            count, low, high, finite = acc
+            y64 = tf.cast(tf.reshape(y, [-1]), tf.int64) if sparse else tf.zeros([1], tf.int64)
+            x_finite = tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32)))
+            return (
+                count + 1,
+                tf.minimum(low, tf.reduce_min(y64)),
+                tf.maximum(high, tf.reduce_max(y64)),
+                tf.logical_and(finite, x_finite),
+            )
+
+        init = (
+            tf.constant(0, tf.int64),
+            tf.constant(np.iinfo(np.int64).max, tf.int64),
+            tf.constant(np.iinfo(np.int64).min, tf.int64),
+            tf.constant(True),
+        )
+        return ds.reduce(init, step)
+
+    return scan

@@ -1,0 +1,474 @@
+"""`FederatedTrainer`: federated training of a Keras model with the habits of `model.fit`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow.python.eager import context as tf_context
+
+from keras_luar import layers
+from keras_luar._checkpoint import RoundCheckpoint
+from keras_luar.aggregators import LuarFactory, with_global_weight_norms
+from keras_luar.aggregators.luar import ClientWeighting, _check_int
+from keras_luar.data.clients import as_client_datasets, check_client_datasets
+from keras_luar.optimizers import to_tff_optimizer
+
+ALGORITHMS = ("fedluar", "fedavg")
+
+
+class _Everything(frozenset):
+    """Progbar `stateful_metrics` that holds every name: show each round's value as is."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _global_seed(seed: int):
+    """Makes `Dataset.shuffle(seed=...)` independent of the user's global seed.
+
+    A shuffle's seeds are (global seed, op seed), read when the dataset is
+    built, so the same op seed shuffles differently after a user's
+    `tf.random.set_seed`. Only the value that op reads is swapped here; the
+    user's random streams and kernel caches are left untouched.
+    """
+    ctx = tf_context.context()
+    saved = ctx._seed
+    ctx._seed = seed
+    try:
+        yield
+    finally:
+        ctx._seed = saved
+
+
+def _restore_keras_v2_classes(model: tf.keras.Model) -> None:
+    """Undoes Keras 2's global class swap after TFF built models in graph mode.
+
+    Keras 2 picks a layer's or model's implementation when one is constructed:
+    in graph mode (as inside TFF's `model_fn`) it rewrites the ``__bases__`` of
+    the classes involved (Sequential, Dense, ...) to their TF1 versions, which
+    changes every existing instance too. Without this, the user's eager model
+    would afterwards run TF1 `evaluate`/`predict` and fail.
+    """
+    from keras.src.engine import base_layer, base_layer_v1, training, training_v1
+    from keras.src.utils import version_utils
+
+    classes = {type(layer) for layer in model._flatten_layers(include_self=True)}
+    classes |= {tf.keras.Sequential, tf.keras.Model}
+    for cls in classes:
+        if issubclass(cls, (training.Model, training_v1.Model)):
+            version_utils.swap_class(cls, training.Model, training_v1.Model, use_v2=True)
+        version_utils.swap_class(cls, base_layer.Layer, base_layer_v1.Layer, use_v2=True)
+
+
+def _is_subclassed(model: tf.keras.Model) -> bool:
+    return not (isinstance(model, tf.keras.Sequential) or getattr(model, "_is_graph_network", False))
+
+
+def _loss_factory(loss: Any):
+    if isinstance(loss, tf.keras.losses.Loss):
+        return lambda: type(loss).from_config(loss.get_config())
+    resolved = tf.keras.losses.get(loss) if isinstance(loss, str | dict) else loss
+    if isinstance(resolved, tf.keras.losses.Loss):
+        return lambda: type(resolved).from_config(resolved.get_config())
+    if callable(resolved):
+        return lambda: tf.keras.losses.LossFunctionWrapper(resolved)
+    raise TypeError(
+        "Invalid value for argument `loss`. Expected a Keras loss (name, object or "
+        f"function). Received: loss={loss!r}"
+    )
+
+
+def _metric_factories(metrics, loss_name: str) -> list:
+    factories = []
+    for metric in metrics or []:
+        if isinstance(metric, str) and metric in ("accuracy", "acc"):
+            if "sparse" in loss_name:
+                cls = tf.keras.metrics.SparseCategoricalAccuracy
+            elif "binary" in loss_name:
+                cls = tf.keras.metrics.BinaryAccuracy
+            else:
+                cls = tf.keras.metrics.CategoricalAccuracy
+            factories.append(lambda cls=cls: cls(name="accuracy"))
+            continue
+        resolved = tf.keras.metrics.get(metric) if isinstance(metric, str | dict) else metric
+        if isinstance(resolved, tf.keras.metrics.Metric):
+            factories.append(lambda m=resolved: type(m).from_config(m.get_config()))
+        elif callable(resolved):
+            name = metric if isinstance(metric, str) else resolved.__name__
+            factories.append(lambda f=resolved, n=name: tf.keras.metrics.MeanMetricWrapper(f, name=n))
+        else:
+            raise TypeError(
+                "Invalid value for argument `metrics`. Expected Keras metric names or "
+                f"objects. Received: {metric!r}"
+            )
+    return factories
+
+
+class FederatedTrainer:
+    """Trains a Keras model with FedLUAR or FedAvg on TFF, the way `model.fit` trains.
+
+    Args:
+      model: A built `tf.keras` Sequential or functional model. It is cloned for
+        the clients and, after every round, holds the global weights.
+      loss: A Keras loss, as in `model.compile`.
+      metrics: Keras metrics, as in `model.compile` (``"accuracy"`` is resolved
+        from the loss, as Keras does).
+      algorithm: ``"fedluar"`` or ``"fedavg"`` (δ = 0).
+      num_recycled_layers: FedLUAR's δ; ignored for ``"fedavg"``.
+      local_steps: τ, local optimizer steps per client per round.
+      batch_size: Local batch size for unbatched client data.
+      client_optimizer: A Keras optimizer (SGD, Adam, RMSprop, Adagrad) or a
+        `tff.learning.optimizers.Optimizer`; defaults to SGD(0.01, momentum=0.9).
+        Each client starts every round with fresh optimizer state.
+      server_optimizer: None applies the aggregated update as is (the paper);
+        otherwise an optimizer as above, given the aggregated update (FedOpt).
+      client_weighting: ``"uniform"`` (official FedLUAR) or ``"example"``.
+      seed: Seeds client sampling (by (seed, round)), local shuffling and LUAR.
+
+    Raises:
+      TypeError: For a model TFF cannot wrap (subclassed) or bad argument types.
+      ValueError: For bad values, e.g. δ not below the number of candidates.
+
+    Examples:
+      >>> trainer = FederatedTrainer(model, loss=loss, metrics=["accuracy"])  # doctest: +SKIP
+      >>> history = trainer.fit(client_data, rounds=50, clients_per_round=32)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        *,
+        loss: Any,
+        metrics: list | None = None,
+        algorithm: str = "fedluar",
+        num_recycled_layers: int = 2,
+        local_steps: int = 20,
+        batch_size: int = 20,
+        client_optimizer: Any = None,
+        server_optimizer: Any = None,
+        client_weighting: ClientWeighting = "uniform",
+        seed: int = 0,
+    ):
+        if not isinstance(model, tf.keras.Model):
+            raise TypeError(
+                "Invalid value for argument `model`. Expected a tf.keras.Model. "
+                f"Received: model of type {type(model).__name__}"
+            )
+        if _is_subclassed(model):
+            raise TypeError(
+                "Invalid value for argument `model`. TFF needs a model it can clone for the "
+                "clients, which tf.keras.models.clone_model cannot do for subclassed models. "
+                "Rebuild it as a Sequential or functional model (subclassed layers inside "
+                f"are fine). Received: a subclassed {type(model).__name__}"
+            )
+        self._layout = layers.describe_model(model)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"Invalid value for argument `algorithm`. Expected one of {ALGORITHMS}. "
+                f"Received: algorithm={algorithm!r}"
+            )
+        delta = _check_int("num_recycled_layers", num_recycled_layers, 0)
+        self.algorithm = algorithm
+        self.num_recycled_layers = delta if algorithm == "fedluar" else 0
+        num_candidates = self._layout.num_candidates
+        if self.num_recycled_layers > 0 and self.num_recycled_layers >= num_candidates:
+            names = ", ".join(self._layout.candidate_names) or "none"
+            raise ValueError(
+                "Invalid value for argument `num_recycled_layers`. Expected an int smaller "
+                f"than the model's number of candidate layers L={num_candidates} ({names}). "
+                f"Received: num_recycled_layers={delta}"
+            )
+        self.local_steps = _check_int("local_steps", local_steps, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+        if client_weighting not in ("uniform", "example"):
+            raise ValueError(
+                "Invalid value for argument `client_weighting`. Expected 'uniform' or "
+                f"'example'. Received: client_weighting={client_weighting!r}"
+            )
+        self.client_weighting = client_weighting
+        self._loss_fn = _loss_factory(loss)
+        loss_name = getattr(loss, "name", None) or getattr(loss, "__name__", None) or str(loss)
+        self._metric_fns = _metric_factories(metrics, str(loss_name).lower())
+        if client_optimizer is None:
+            client_optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
+        self._client_optimizer = to_tff_optimizer(client_optimizer, "client_optimizer")
+        self._server_optimizer = (
+            tff.learning.optimizers.build_sgdm(1.0)
+            if server_optimizer is None
+            else to_tff_optimizer(server_optimizer, "server_optimizer")
+        )
+        # The model is compiled with a Keras optimizer that carries the client learning
+        # rate, so stock callbacks (LearningRateScheduler, ReduceLROnPlateau) can set it.
+        probe_state = self._client_optimizer.initialize(tf.TensorSpec([], tf.float32))
+        lr = self._client_optimizer.get_hparams(probe_state).get("learning_rate", 0.01)
+        model.compile(
+            optimizer=tf.keras.optimizers.SGD(float(lr)),
+            loss=self._loss_fn(),
+            metrics=[f() for f in self._metric_fns],
+        )
+        self.model = model
+        if self._layout.non_trainable:
+            warnings.warn(
+                "The model has non-trainable variables "
+                f"({', '.join(v.name for v in self._layout.non_trainable)}). TFF's learning "
+                "processes keep them at the server's values; BatchNorm moving statistics "
+                "are not averaged over clients yet.",
+                stacklevel=2,
+            )
+
+    @property
+    def layout(self) -> layers.ModelLayout:
+        """The model's recycling candidates and always-sent variables."""
+        return self._layout
+
+    # ---- building blocks ---------------------------------------------------------------
+
+    def _build_process(self, input_spec):
+        loss_fn, metric_fns, template = self._loss_fn, self._metric_fns, self.model
+
+        def model_fn():
+            return tff.learning.models.from_keras_model(
+                tf.keras.models.clone_model(template),
+                loss=loss_fn(),
+                input_spec=input_spec,
+                metrics=[f() for f in metric_fns],
+            )
+
+        factory = LuarFactory(
+            self.num_recycled_layers,
+            seed=self.seed,
+            client_weighting=self.client_weighting,
+            variable_names=[v.name for v in self._layout.trainable],
+        )
+        process = tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn,
+            client_optimizer_fn=self._client_optimizer,
+            server_optimizer_fn=self._server_optimizer,
+            model_aggregator=factory,
+        )
+        process = with_global_weight_norms(process)
+        _restore_keras_v2_classes(self.model)
+        return process
+
+    def _round_dataset(self, ds, batched, round_num, client_index):
+        if batched:
+            return ds.repeat().take(self.local_steps)
+        shuffle_seed = (round_num * 100_003 + client_index) % (2**31 - 1)
+        buffer = int(ds.cardinality()) if ds.cardinality() > 0 else 10_000
+        with _global_seed(self.seed):
+            ds = ds.shuffle(buffer, seed=shuffle_seed)
+        return ds.repeat().batch(self.batch_size).take(self.local_steps)
+
+    def _sample(self, num_clients, clients_per_round, round_num):
+        rng = np.random.default_rng([self.seed, round_num])
+        return np.sort(rng.choice(num_clients, size=clients_per_round, replace=False))
+
+    def _as_eval_data(self, data):
+        if isinstance(data, tuple | list) and len(data) == 2:
+            data = tf.data.Dataset.from_tensor_slices(tuple(data))
+        if not isinstance(data, tf.data.Dataset):
+            raise TypeError(
+                "Invalid value for evaluation data. Expected a tf.data.Dataset or (x, y). "
+                f"Received: {type(data).__name__}"
+            )
+        rank = data.element_spec[0].shape.rank
+        return data if rank == len(self.model.input_shape) else data.batch(256)
+
+    # ---- public API --------------------------------------------------------------------
+
+    def fit(
+        self,
+        client_data: Any,
+        *,
+        rounds: int,
+        clients_per_round: int,
+        validation_data: Any = None,
+        callbacks: list[tf.keras.callbacks.Callback] | None = None,
+        verbose: int = 1,
+        checkpoint_dir: str | None = None,
+        validate_data: bool = True,
+    ) -> tf.keras.callbacks.History:
+        """Runs federated rounds; returns a Keras `History` with one entry per round.
+
+        Args:
+          client_data: Per-client data: a list or dict of `tf.data.Dataset`
+            (unbatched or batched), a `tff.simulation.datasets.ClientData`, a
+            `keras_luar.data.FederatedData`, or ``(x, y, partitions)``.
+          rounds: Total number of rounds (like ``epochs``; a resumed run stops
+            at the same total).
+          clients_per_round: Clients sampled per round, seeded by (seed, round).
+          validation_data: A dataset or ``(x, y)``, evaluated after each round
+            into ``val_`` entries.
+          callbacks: Keras callbacks; they see `trainer.model` with the global
+            weights after every round.
+          verbose: 0 silent, 1 progress bar over rounds, 2 one line per round.
+          checkpoint_dir: If set, state is saved after every round and a later
+            `fit` with the same directory resumes after the last saved round.
+          validate_data: Read all client data once before the first round to
+            check labels and finiteness.
+
+        Returns:
+          `History` whose ``history`` has, per round: ``loss`` and metrics over
+          the round's clients, ``val_`` metrics, ``upload_params``,
+          ``upload_bytes``, ``comm_cost`` (cumulative upload relative to
+          FedAvg), ``num_recycled``, ``num_dropped_clients``, ``round_time``
+          (seconds) and ``recycled_layers`` (names).
+
+        Raises:
+          ValueError / TypeError: For bad client data or arguments, before any round.
+        """
+        rounds = _check_int("rounds", rounds, 1)
+        datasets = as_client_datasets(client_data)
+        clients_per_round = _check_int("clients_per_round", clients_per_round, 1)
+        if clients_per_round > len(datasets):
+            raise ValueError(
+                "Invalid value for argument `clients_per_round`. Expected at most the "
+                f"number of clients ({len(datasets)}). Received: "
+                f"clients_per_round={clients_per_round}"
+            )
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
+        batched = check_client_datasets(
+            datasets,
+            input_rank=len(self.model.input_shape),
+            num_outputs=int(self.model.output_shape[-1]),
+            scan=validate_data,
+        )
+        client_ids = list(datasets)
+        first = self._round_dataset(datasets[client_ids[0]], batched, 0, 0)
+        process = self._build_process(first.element_spec)
+        state = process.initialize()
+        weights = tff.learning.models.ModelWeights.from_model(self.model)
+        state = process.set_model_weights(state, tf.nest.map_structure(lambda v: v.numpy(), weights))
+
+        checkpoint = None
+        history_entries: dict[str, list] = {}
+        start_round = 0
+        if checkpoint_dir is not None:
+            checkpoint = RoundCheckpoint(checkpoint_dir, self._fingerprint(len(datasets), clients_per_round))
+            restored = checkpoint.restore(process.initialize())
+            if restored is not None:
+                state, start_round, history_entries = restored
+                process.get_model_weights(state).assign_weights_to(self.model)
+
+        history = tf.keras.callbacks.History()
+        callback_list = tf.keras.callbacks.CallbackList(
+            list(callbacks or []) + [history], add_history=False, add_progbar=False, model=self.model
+        )
+        history.history = {k: list(v) for k, v in history_entries.items()}
+        progbar = None
+        if verbose == 1:
+            progbar = tf.keras.utils.Progbar(rounds, verbose=1, unit_name="round")
+            progbar.stateful_metrics = _Everything()  # the constructor would copy it to a set
+        if progbar is not None and start_round:
+            progbar.update(start_round)
+        fedavg_params = self._layout.trainable_size
+        uploaded = float(np.sum(history.history.get("upload_params", [])))
+        fedavg_uploaded = float(start_round * clients_per_round * fedavg_params)
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        try:
+            for round_num in range(start_round, rounds):
+                callback_list.on_epoch_begin(round_num)
+                state = self._sync_learning_rate(process, state)
+                began = time.perf_counter()
+                chosen = self._sample(len(client_ids), clients_per_round, round_num)
+                round_data = [
+                    self._round_dataset(datasets[client_ids[i]], batched, round_num, int(i))
+                    for i in chosen
+                ]
+                output = process.next(state, round_data)
+                state = output.state
+                process.get_model_weights(state).assign_weights_to(self.model)
+                round_time = time.perf_counter() - began
+                luar = output.metrics["aggregator"]["luar"]
+                uploaded += float(luar["upload_params"])
+                fedavg_uploaded += float(clients_per_round * fedavg_params)
+                logs = {
+                    k: float(v)
+                    for k, v in output.metrics["client_work"]["train"].items()
+                    if k not in ("num_examples", "num_batches")
+                }
+                logs.update(
+                    upload_params=float(luar["upload_params"]),
+                    upload_bytes=float(luar["upload_bytes"]),
+                    comm_cost=uploaded / fedavg_uploaded,
+                    num_recycled=float(luar["num_recycled"]),
+                    num_dropped_clients=float(luar["num_dropped_clients"]),
+                    round_time=round_time,
+                )
+                if validation_data is not None:
+                    val = self.model.evaluate(
+                        self._as_eval_data(validation_data), verbose=0, return_dict=True
+                    )
+                    logs.update({f"val_{k}": float(v) for k, v in val.items()})
+                recycled = [
+                    n
+                    for n, m in zip(self._layout.candidate_names, np.asarray(luar["recycled"]), strict=True)
+                    if m
+                ]
+                callback_list.on_epoch_end(round_num, logs)
+                history.history.setdefault("recycled_layers", []).append(recycled)
+                if checkpoint is not None:
+                    checkpoint.save(state, round_num + 1, history.history)
+                self._report(progbar, verbose, round_num, rounds, logs)
+                if self.model.stop_training:
+                    break
+        finally:
+            callback_list.on_train_end()
+        return history
+
+    def evaluate(self, data: Any, **kwargs):
+        """Evaluates the global model like `model.evaluate`.
+
+        Args:
+          data: A `tf.data.Dataset` (unbatched ones are batched by 256) or ``(x, y)``.
+          **kwargs: Passed to `model.evaluate` (e.g. ``return_dict=True``).
+
+        Returns:
+          What `model.evaluate` returns.
+        """
+        return self.model.evaluate(self._as_eval_data(data), **kwargs)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _sync_learning_rate(self, process, state):
+        """Pushes the Keras optimizer's learning rate (set by callbacks) into TFF."""
+        hparams = process.get_hparams(state)
+        client = hparams.get("client_work", {})
+        if "learning_rate" not in client:
+            return state
+        lr = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
+        if np.isclose(lr, float(client["learning_rate"]), rtol=0, atol=0):
+            return state
+        client["learning_rate"] = np.float32(lr)
+        return process.set_hparams(state, hparams)
+
+    def _fingerprint(self, num_clients, clients_per_round) -> dict:
+        return {
+            "algorithm": self.algorithm,
+            "num_recycled_layers": self.num_recycled_layers,
+            "seed": self.seed,
+            "local_steps": self.local_steps,
+            "batch_size": self.batch_size,
+            "num_clients": num_clients,
+            "clients_per_round": clients_per_round,
+            "variables": [[v.name, list(v.shape)] for v in self._layout.trainable],
+        }
+
+    @staticmethod
+    def _report(progbar, verbose, round_num, rounds, logs):
+        shown = [(k, v) for k, v in logs.items() if k not in ("upload_params", "upload_bytes")]
+        if progbar is not None:
+            progbar.update(round_num + 1, values=shown, finalize=round_num + 1 == rounds)
+        elif verbose == 2:
+            text = " - ".join(f"{k}: {v:.4g}" for k, v in shown)
+            print(f"Round {round_num + 1}/{rounds} - {text}", flush=True)

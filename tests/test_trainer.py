@@ -1,0 +1,337 @@
+"""FederatedTrainer: History structure, invariants, determinism, resume, callbacks, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import keras_luar
+from keras_luar.data import partition_iid
+from keras_luar.quickstart import digits_cnn
+
+NUM_CLIENTS, ROUNDS, PER_ROUND = 6, 4, 3
+TOTAL_PARAMS = 4 * 8 + 8 + 8 * 6 + 6 + 6 * 3 + 3  # kernels 32, 48, 18 -> L = 3
+
+
+def _model(seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((4,)),
+            tf.keras.layers.Dense(8, activation="tanh", name="d1"),
+            tf.keras.layers.Dense(6, activation="tanh", name="d2"),
+            tf.keras.layers.Dense(3, name="out"),
+        ]
+    )
+
+
+def _arrays(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (np.argmax(x[:, :3], axis=1)).astype(np.int32)
+    return x, y
+
+
+def _client_data():
+    x, y = _arrays()
+    return (x, y, partition_iid(x, y, NUM_CLIENTS, seed=0))
+
+
+def _trainer(model=None, **kwargs):
+    options = dict(
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        num_recycled_layers=1,
+        local_steps=3,
+        batch_size=8,
+        client_optimizer=tf.keras.optimizers.SGD(0.1, momentum=0.9),
+        seed=3,
+    )
+    options.update(kwargs)
+    return keras_luar.FederatedTrainer(model or _model(), **options)
+
+
+def _fit(trainer, **kwargs):
+    options = dict(rounds=ROUNDS, clients_per_round=PER_ROUND, verbose=0)
+    options.update(kwargs)
+    return trainer.fit(_client_data(), **options)
+
+
+def _comparable(history):
+    return {k: v for k, v in history.history.items() if k != "round_time"}
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+def test_history_structure_and_accounting():
+    trainer = _trainer()
+    x, y = _arrays(60, seed=1)
+    history = _fit(trainer, validation_data=(x, y))
+    expected = {
+        "loss", "accuracy", "val_loss", "val_accuracy", "upload_params", "upload_bytes",
+        "comm_cost", "num_recycled", "num_dropped_clients", "round_time", "recycled_layers",
+    }  # fmt: skip
+    assert set(history.history) == expected
+    assert all(len(v) == ROUNDS for v in history.history.values())
+    candidates = {"d1/kernel", "d2/kernel", "out/kernel"}
+    assert history.history["recycled_layers"][0] == []
+    sizes = {"d1/kernel": 32, "d2/kernel": 48, "out/kernel": 18}
+    for t in range(1, ROUNDS):
+        recycled = history.history["recycled_layers"][t]
+        assert len(recycled) == 1 and set(recycled) <= candidates
+        expected_upload = PER_ROUND * (TOTAL_PARAMS - sizes[recycled[0]])
+        assert history.history["upload_params"][t] == expected_upload
+        assert history.history["upload_bytes"][t] == 4 * expected_upload
+    for t in range(ROUNDS):
+        sent = sum(history.history["upload_params"][: t + 1])
+        assert history.history["comm_cost"][t] == pytest.approx(
+            sent / ((t + 1) * PER_ROUND * TOTAL_PARAMS)
+        )
+    # After fit the Keras model holds the global weights and evaluates like model.evaluate.
+    result = trainer.evaluate((x, y), return_dict=True, verbose=0)
+    assert result["loss"] == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
+
+
+def test_same_seed_same_history_and_weights():
+    a, b = _trainer(), _trainer()
+    history_a, history_b = _fit(a), _fit(b)
+    assert _comparable(history_a) == _comparable(history_b)
+    for wa, wb in zip(_weights(a.model), _weights(b.model), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_fedavg_algorithm_is_tff_fedavg():
+    trainer = _trainer(algorithm="fedavg")
+    initial = tff.learning.models.ModelWeights.from_model(trainer.model)
+    initial = tf.nest.map_structure(lambda v: v.numpy(), initial)
+    history = _fit(trainer)
+    assert history.history["comm_cost"][-1] == 1.0
+    assert history.history["recycled_layers"] == [[]] * ROUNDS
+
+    # The same rounds through TFF's stock FedAvg (mean aggregator, uniform weighting).
+    datasets = keras_luar.data.as_client_datasets(_client_data())
+    ids = list(datasets)
+    spec = trainer._round_dataset(datasets[ids[0]], False, 0, 0).element_spec
+
+    def model_fn():
+        return tff.learning.models.from_keras_model(
+            _model(),
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            input_spec=spec,
+        )
+
+    process = tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn,
+        client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1, momentum=0.9),
+        client_weighting=tff.learning.ClientWeighting.UNIFORM,
+    )
+    state = process.set_model_weights(process.initialize(), initial)
+    for t in range(ROUNDS):
+        chosen = trainer._sample(len(ids), PER_ROUND, t)
+        data = [trainer._round_dataset(datasets[ids[i]], False, t, int(i)) for i in chosen]
+        state = process.next(state, data).state
+    reference = process.get_model_weights(state).trainable
+    for got, want in zip(trainer.model.trainable_weights, reference, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+class _Interrupt(tf.keras.callbacks.Callback):
+    def __init__(self, at_round):
+        super().__init__()
+        self.at_round = at_round
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_round:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path):
+    full = _trainer()
+    full_history = _fit(full, checkpoint_dir=str(tmp_path / "full"))
+
+    directory = str(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_trainer(), checkpoint_dir=directory, callbacks=[_Interrupt(at_round=2)])
+    resumed = _trainer(model=_model(seed=99))  # other initial weights: the checkpoint wins
+    history = _fit(resumed, checkpoint_dir=directory)
+    assert _comparable(history) == _comparable(full_history)
+    for a, b in zip(_weights(full.model), _weights(resumed.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    _fit(_trainer(), rounds=1, checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"checkpoint_dir.*num_recycled_layers"):
+        _fit(_trainer(num_recycled_layers=2), rounds=2, checkpoint_dir=str(tmp_path))
+
+
+def test_stock_keras_callbacks(tmp_path):
+    x, y = _arrays(60, seed=1)
+    csv_path = tmp_path / "log.csv"
+    weights_path = tmp_path / "best.h5"
+    stop = tf.keras.callbacks.EarlyStopping(monitor="loss", min_delta=1e9, patience=1)
+    callbacks = [
+        tf.keras.callbacks.CSVLogger(str(csv_path)),
+        tf.keras.callbacks.ModelCheckpoint(str(weights_path), save_weights_only=True),
+        tf.keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+        stop,
+    ]
+    trainer = _trainer()
+    history = _fit(trainer, rounds=6, validation_data=(x, y), callbacks=callbacks)
+    assert len(history.history["loss"]) == 2  # EarlyStopping ended the run
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and "comm_cost" in rows[0] and "val_accuracy" in rows[0]
+    restored = _model(seed=5)
+    restored.load_weights(str(weights_path))
+    for a, b in zip(_weights(restored), _weights(trainer.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    events = [f for _, _, files in os.walk(tmp_path / "tb") for f in files]
+    assert any(f.startswith("events.out") for f in events)
+
+
+def test_learning_rate_scheduler_reaches_the_clients():
+    # lr = 0 from round 1 on: FedAvg then leaves the weights exactly where round 0 put them.
+    schedule = tf.keras.callbacks.LearningRateScheduler(lambda r, lr: 0.1 if r == 0 else 0.0)
+    trainer = _trainer(algorithm="fedavg")
+    snapshots = []
+
+    class Snap(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(_weights(self.model))
+
+    history = _fit(trainer, callbacks=[schedule, Snap()])
+    assert history.history["lr"] == pytest.approx([0.1, 0.0, 0.0, 0.0])
+    assert any(not np.array_equal(a, b) for a, b in zip(_weights(_model()), snapshots[0], strict=True))
+    for later in snapshots[1:]:
+        for a, b in zip(snapshots[0], later, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("form", ["list", "dict", "federated", "clientdata", "batched"])
+def test_client_data_forms(form):
+    x, y, parts = _client_data()
+    slices = [(x[p], y[p]) for p in parts]
+    if form == "list":
+        data = [tf.data.Dataset.from_tensor_slices(s) for s in slices]
+    elif form == "dict":
+        data = {f"c{i}": tf.data.Dataset.from_tensor_slices(s) for i, s in enumerate(slices)}
+    elif form == "batched":
+        data = [tf.data.Dataset.from_tensor_slices(s).batch(8) for s in slices]
+    elif form == "federated":
+        data = keras_luar.data.load_digits_federated(6, 0.5, seed=0)
+    else:
+        data = tff.simulation.datasets.TestClientData(
+            {f"c{i}": {"x": s[0], "y": s[1]} for i, s in enumerate(slices)}
+        ).preprocess(lambda ds: ds.map(lambda e: (e["x"], e["y"])))
+    if form == "federated":
+        model = digits_cnn()
+        trainer = _trainer(model=model, num_recycled_layers=1)
+    else:
+        trainer = _trainer()
+    history = trainer.fit(data, rounds=2, clients_per_round=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+# ---- bad input, all raised before any round ------------------------------------------
+
+
+def _datasets(x, y):
+    return [tf.data.Dataset.from_tensor_slices((x[i::3], y[i::3])) for i in range(3)]
+
+
+def test_empty_client_is_refused():
+    x, y = _arrays(30)
+    data = _datasets(x, y)
+    data[1] = data[1].take(0)
+    with pytest.raises(ValueError, match="client '1' is empty"):
+        _trainer().fit(data, rounds=1, clients_per_round=2, verbose=0)
+
+
+def test_no_clients_is_refused():
+    with pytest.raises(ValueError, match="at least one client"):
+        _trainer().fit([], rounds=1, clients_per_round=1, verbose=0)
+
+
+def test_mismatched_element_specs_are_refused():
+    x, y = _arrays(30)
+    data = _datasets(x, y)
+    data[2] = tf.data.Dataset.from_tensor_slices((x[:5, :3], y[:5]))
+    with pytest.raises(ValueError, match="same element spec.*client '2'"):
+        _trainer().fit(data, rounds=1, clients_per_round=2, verbose=0)
+
+
+@pytest.mark.parametrize("per_round", [0, 4])
+def test_clients_per_round_out_of_range(per_round):
+    x, y = _arrays(30)
+    with pytest.raises(ValueError, match=f"clients_per_round={per_round}"):
+        _trainer().fit(_datasets(x, y), rounds=1, clients_per_round=per_round, verbose=0)
+
+
+def test_labels_outside_model_outputs_are_refused():
+    x, y = _arrays(30)
+    y = y.copy()
+    y[4] = 3  # the model has 3 outputs: labels must be in [0, 3)
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\).*client '1' has labels in \[\d, 3\]"):
+        _trainer().fit(_datasets(x, y), rounds=1, clients_per_round=2, verbose=0)
+
+
+def test_non_finite_inputs_are_refused():
+    x, y = _arrays(30)
+    x = x.copy()
+    x[5, 2] = np.inf
+    with pytest.raises(ValueError, match="client '2' has NaN or Inf"):
+        _trainer().fit(_datasets(x, y), rounds=1, clients_per_round=2, verbose=0)
+
+
+def test_subclassed_model_is_refused_with_advice():
+    class Net(tf.keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = tf.keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Net()
+    model(np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError, match="Sequential or functional"):
+        _trainer(model=model)
+
+
+def test_model_without_candidates_refuses_recycling():
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.LayerNormalization()])
+    with pytest.raises(ValueError, match=r"L=0 \(none\)"):
+        _trainer(model=model, num_recycled_layers=1)
+
+
+def test_delta_not_below_candidates_names_them():
+    with pytest.raises(ValueError, match=r"L=3 \(d1/kernel, d2/kernel, out/kernel\)"):
+        _trainer(num_recycled_layers=3)
+
+
+def test_unknown_algorithm_lists_known_ones():
+    with pytest.raises(ValueError, match=r"one of \('fedluar', 'fedavg'\).*'fedsgd'"):
+        _trainer(algorithm="fedsgd")
+
+
+@pytest.mark.parametrize(
+    "optimizer,match",
+    [
+        (tf.keras.optimizers.SGD(0.1, nesterov=True, momentum=0.9), "Nesterov"),
+        (tf.keras.optimizers.Adam(amsgrad=True), "AMSGrad"),
+        (tf.keras.optimizers.SGD(0.1, clipnorm=1.0), "clipnorm"),
+        (tf.keras.optimizers.SGD(tf.keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)), "schedule"),
+        ("sgd", "client_optimizer"),
+    ],
+)
+def test_unsupported_optimizers_are_refused(optimizer, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _trainer(client_optimizer=optimizer)
