@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from keras_luar.quickstart import DigitsSetup
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -28,100 +30,186 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_quickstart(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "quickstart",
-        help="FedAvg vs FedLUAR on the embedded scikit-learn digits data",
-        description=(
-            "Trains a small CNN with FedAvg and with FedLUAR on scikit-learn's digits, "
-            "split over clients with a Dirichlet partition, and prints a per-round table "
-            "and a final comparison of accuracy, communication and time."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--rounds", type=_positive_int, default=30, help="federated rounds")
-    parser.add_argument("--num-clients", type=_positive_int, default=32, help="clients in total")
+def _add_common(parser, *, seeds: bool) -> None:
+    defaults = DigitsSetup()
+    parser.add_argument("--rounds", type=_positive_int, default=defaults.rounds, help="federated rounds")
+    parser.add_argument("--num-clients", type=_positive_int, default=defaults.num_clients, help="clients in total")
     parser.add_argument(
-        "--clients-per-round", type=_positive_int, default=8, help="clients sampled per round"
+        "--clients-per-round", type=_positive_int, default=defaults.clients_per_round,
+        help="clients sampled per round",
     )
     parser.add_argument(
-        "--num-recycled-layers",
-        "--delta",
-        type=_non_negative_int,
-        default=2,
-        help="FedLUAR's δ: layers recycled per round (the CNN has 4 candidates)",
+        "--num-recycled-layers", "--delta", type=_non_negative_int, default=2,
+        help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates)",
     )
-    parser.add_argument("--alpha", type=_positive_float, default=0.5, help="Dirichlet α")
-    parser.add_argument("--local-steps", type=_positive_int, default=20, help="τ, local steps")
-    parser.add_argument("--batch-size", type=_positive_int, default=20, help="local batch size")
+    parser.add_argument("--alpha", type=_positive_float, default=defaults.alpha, help="Dirichlet α")
+    parser.add_argument("--local-steps", type=_positive_int, default=defaults.local_steps, help="τ, local steps")
+    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="local batch size")
     parser.add_argument(
-        "--learning-rate", type=_positive_float, default=0.05, help="local SGD learning rate"
+        "--learning-rate", type=_positive_float, default=defaults.learning_rate,
+        help="local SGD learning rate (momentum 0.9)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
-    parser.set_defaults(handler=_quickstart)
+    if seeds:
+        parser.add_argument(
+            "--seeds", type=_non_negative_int, nargs="+", default=[0],
+            help="one run per seed; the summary gives mean ± std",
+        )
+    else:
+        parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything random")
 
 
-def _quickstart(args: argparse.Namespace) -> int:
-    from keras_luar.quickstart import run_quickstart
+def _setup_from(args) -> DigitsSetup:
+    return DigitsSetup(
+        rounds=args.rounds,
+        num_clients=args.num_clients,
+        clients_per_round=args.clients_per_round,
+        alpha=args.alpha,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
 
+
+def _check_clients(args) -> bool:
     if args.clients_per_round > args.num_clients:
         print(
             f"error: --clients-per-round ({args.clients_per_round}) must not exceed "
             f"--num-clients ({args.num_clients})",
             file=sys.stderr,
         )
+        return False
+    return True
+
+
+def _add_quickstart(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "quickstart",
+        help="FedAvg vs FedLUAR on the embedded scikit-learn digits data",
+        description=(
+            "Trains a small CNN with FedAvg and with FedLUAR on scikit-learn's digits, "
+            "split over clients with a Dirichlet partition, from the same initial weights "
+            "and with the same clients in every round. Prints a row per round and a final "
+            "comparison of accuracy, communication and time."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_common(parser, seeds=True)
+    parser.set_defaults(handler=_quickstart)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from keras_luar.quickstart import compare_on_digits, summarize
+
+    if not _check_clients(args):
         return 2
+    setup = _setup_from(args)
     print(
-        f"keras-luar quickstart: digits, {args.num_clients} clients (Dirichlet α={args.alpha}), "
-        f"{args.clients_per_round} per round, τ={args.local_steps}, batch {args.batch_size}, "
-        f"FedLUAR δ={args.num_recycled_layers}, seed {args.seed}",
+        f"keras-luar quickstart: digits, {setup.num_clients} clients (Dirichlet α={setup.alpha}), "
+        f"{setup.clients_per_round} per round, τ={setup.local_steps}, batch {setup.batch_size}, "
+        f"FedLUAR δ={args.num_recycled_layers}, seeds {' '.join(map(str, args.seeds))}",
         flush=True,
     )
-    header = f"{'round':>5}  {'FedAvg acc':>10}  {'FedLUAR acc':>11}  {'upload':>6}  recycled"
-    printed_header = False
+    print(f"{'seed':>4}  {'method':<8}{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'upload':>6}  recycled")
 
-    def on_round(round_num, fedavg, fedluar):
-        nonlocal printed_header
-        if not printed_header:
-            print(header, flush=True)
-            printed_header = True
-        fraction = fedluar.upload_params[-1] / fedavg.upload_params[-1]
-        recycled = ", ".join(fedluar.recycled[-1]) or "-"
+    fedavg_params = None
+
+    def on_round(seed, name, round_num, logs, recycled):
+        nonlocal fedavg_params
+        if name == "FedAvg":
+            fedavg_params = logs["upload_params"]  # every FedAvg round uploads everything
+        fraction = logs["upload_params"] / fedavg_params
         print(
-            f"{round_num + 1:>5}  {fedavg.accuracy[-1]:>10.4f}  {fedluar.accuracy[-1]:>11.4f}  "
-            f"{fraction:>6.2f}  {recycled}",
+            f"{seed:>4}  {name:<8}{round_num + 1:>5}  {logs['val_accuracy']:>8.4f}  "
+            f"{logs['loss']:>7.4f}  {fraction:>6.2f}  {', '.join(recycled) or '-'}",
             flush=True,
         )
 
+    histories = []
+    for seed in args.seeds:
+        try:
+            histories.append(
+                compare_on_digits(
+                    setup,
+                    num_recycled_layers=args.num_recycled_layers,
+                    seed=seed,
+                    on_round=lambda n, r, logs, rec, s=seed: on_round(s, n, r, logs, rec),
+                )
+            )
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    summary = summarize(histories)
+    print()
+    print(f"{'method':<8}  {'final accuracy':>15}  {'comm vs FedAvg':>14}  {'train time (s)':>14}")
+    for name, row in summary.items():
+        accuracy = f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}"
+        print(f"{name:<8}  {accuracy:>15}  {row['comm_cost']:>14.3f}  {row['seconds']:>14.1f}")
+    fedavg, fedluar = summary["FedAvg"], summary["FedLUAR"]
+    print(
+        f"\nFedLUAR uploaded {1 - fedluar['comm_cost']:.0%} less than FedAvg; final accuracy "
+        f"{fedluar['accuracy_mean'] - fedavg['accuracy_mean']:+.4f} against FedAvg "
+        f"(mean over {len(histories)} seed{'s' if len(histories) > 1 else ''})."
+    )
+    return 0
+
+
+def _add_run(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="train one method on the embedded digits data and save its History",
+        description=(
+            "Trains the digits CNN with FederatedTrainer and one method, printing one line per "
+            "round; optionally writes the History as CSV and/or JSON and checkpoints every "
+            "round (a second run with the same --checkpoint-dir resumes)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--algorithm", choices=["fedluar", "fedavg"], default="fedluar")
+    _add_common(parser, seeds=False)
+    parser.add_argument(
+        "--server-learning-rate", type=_positive_float, default=None,
+        help="server SGD learning rate (default: apply the aggregated update as is)",
+    )
+    parser.add_argument("--checkpoint-dir", default=None, help="save state every round; resume")
+    parser.add_argument("--history-csv", default=None, help="write the History as CSV here")
+    parser.add_argument("--history-json", default=None, help="write the History as JSON here")
+    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras-style verbosity")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from keras_luar.history_io import write_history_csv, write_history_json
+    from keras_luar.quickstart import digits_data, fit_digits, make_digits_trainer
+
+    if not _check_clients(args):
+        return 2
+    setup = _setup_from(args)
     try:
-        fedavg, fedluar, layout = run_quickstart(
-            rounds=args.rounds,
-            num_clients=args.num_clients,
-            clients_per_round=args.clients_per_round,
+        trainer = make_digits_trainer(
+            setup,
+            algorithm=args.algorithm,
             num_recycled_layers=args.num_recycled_layers,
-            alpha=args.alpha,
-            local_steps=args.local_steps,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
             seed=args.seed,
-            on_round=on_round,
+            server_learning_rate=args.server_learning_rate,
+        )
+        history = fit_digits(
+            trainer,
+            setup,
+            digits_data(setup, args.seed),
+            verbose=args.verbose,
+            checkpoint_dir=args.checkpoint_dir,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    per_round = layout.trainable_size * args.clients_per_round
-    print()
-    print(f"{'method':<8}  {'final acc':>9}  {'best acc':>8}  {'comm vs FedAvg':>14}  {'time (s)':>8}")
-    for result in (fedavg, fedluar):
-        print(
-            f"{result.name:<8}  {result.accuracy[-1]:>9.4f}  {max(result.accuracy):>8.4f}  "
-            f"{result.comm_cost(per_round):>14.3f}  {result.seconds:>8.1f}"
-        )
-    saved = 1 - fedluar.comm_cost(per_round)
+    if args.history_csv:
+        write_history_csv(history, args.history_csv)
+    if args.history_json:
+        write_history_json(history, args.history_json)
+    h = history.history
     print(
-        f"\nFedLUAR uploaded {saved:.0%} less than FedAvg "
-        f"({sum(fedluar.upload_params):,} vs {sum(fedavg.upload_params):,} parameters); "
-        f"final accuracy difference {fedluar.accuracy[-1] - fedavg.accuracy[-1]:+.4f}."
+        f"{args.algorithm}: final val_accuracy {h['val_accuracy'][-1]:.4f}, "
+        f"comm vs FedAvg {h['comm_cost'][-1]:.3f}, {len(h['loss'])} rounds"
     )
     return 0
 
@@ -137,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"keras-luar {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_quickstart(subparsers)
+    _add_run(subparsers)
     return parser
 
 

@@ -1,28 +1,32 @@
-"""The quickstart experiment: FedAvg against FedLUAR on the embedded digits data.
+"""The embedded experiment behind `keras-luar quickstart` and `keras-luar run`.
 
-Both methods run through TFF's own `build_weighted_fed_avg` with a
-`LuarFactory` as the model aggregator (δ = 0 is FedAvg exactly), on the same
-clients, the same client sample in every round and the same initial weights,
-so the only difference is recycling.
+A small CNN on scikit-learn's digits, split over clients by the paper's
+Dirichlet partition, trained with `FederatedTrainer`. For a comparison, every
+method starts from the same initial weights and sees the same client sample in
+every round, so the only difference between FedAvg and FedLUAR is recycling.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 
-from keras_luar import layers
-from keras_luar.aggregators import LuarFactory, with_global_weight_norms
-from keras_luar.data import load_digits_federated
+from keras_luar.data import FederatedData, load_digits_federated
+from keras_luar.trainer import FederatedTrainer
 
 
 def digits_cnn(num_classes: int = 10) -> tf.keras.Model:
-    """A small CNN for 8x8 digits with 4 candidate kernels (returns logits)."""
+    """A small CNN for 8x8 digits with 4 candidate kernels; returns logits.
+
+    Args:
+      num_classes: Number of output logits.
+
+    Returns:
+      An uncompiled `tf.keras.Sequential` model.
+    """
     return tf.keras.Sequential(
         [
             tf.keras.Input((8, 8, 1)),
@@ -37,118 +41,126 @@ def digits_cnn(num_classes: int = 10) -> tf.keras.Model:
     )
 
 
-@dataclasses.dataclass
-class RunResult:
-    """What one method produced, round by round."""
+@dataclasses.dataclass(frozen=True)
+class DigitsSetup:
+    """The embedded experiment's settings (defaults: the quickstart)."""
 
-    name: str
-    accuracy: list[float] = dataclasses.field(default_factory=list)
-    upload_params: list[int] = dataclasses.field(default_factory=list)
-    recycled: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    def comm_cost(self, fedavg_params_per_round: int) -> float:
-        """Cumulative upload relative to FedAvg over the same rounds."""
-        return sum(self.upload_params) / (fedavg_params_per_round * len(self.upload_params))
-
-
-def _client_round_data(arrays, round_num, seed, local_steps, batch_size):
-    x, y = arrays
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=seed * 100_003 + round_num, reshuffle_each_iteration=True)
-    return ds.repeat().batch(batch_size).take(local_steps)
+    rounds: int = 30
+    num_clients: int = 32
+    clients_per_round: int = 8
+    alpha: float = 0.5
+    local_steps: int = 20
+    batch_size: int = 20
+    learning_rate: float = 0.05
+    momentum: float = 0.9
 
 
-def run_quickstart(
+def digits_data(setup: DigitsSetup, seed: int) -> FederatedData:
+    """The digits split for `setup` (the split is seeded by `seed`)."""
+    return load_digits_federated(setup.num_clients, setup.alpha, seed=seed)
+
+
+def make_digits_trainer(
+    setup: DigitsSetup,
     *,
-    rounds: int = 30,
-    num_clients: int = 32,
-    clients_per_round: int = 8,
-    num_recycled_layers: int = 2,
-    alpha: float = 0.5,
-    local_steps: int = 20,
-    batch_size: int = 20,
-    learning_rate: float = 0.05,
-    seed: int = 0,
-    on_round: Callable[[int, RunResult, RunResult], None] | None = None,
-) -> tuple[RunResult, RunResult, layers.ModelLayout]:
-    """Trains FedAvg and FedLUAR side by side; returns their results and the layout.
-
-    Args:
-      rounds: Federated rounds per method.
-      num_clients: Clients the digits training split is divided into (Dirichlet).
-      clients_per_round: Clients sampled per round (seeded by (seed, round)).
-      num_recycled_layers: FedLUAR's δ.
-      alpha: Dirichlet concentration of the client split.
-      local_steps: τ, local SGD steps per client per round.
-      batch_size: Local batch size.
-      learning_rate: Local SGD learning rate (momentum 0.9, as in the paper).
-      seed: Seeds the split, the client sampling, the initial weights and LUAR.
-      on_round: Called after every round with (round, fedavg, fedluar).
-
-    Returns:
-      ``(fedavg, fedluar, layout)``.
-    """
-    data = load_digits_federated(num_clients, alpha, seed=seed)
-    client_ids = sorted(data.client_arrays)
-    x_test, y_test = data.test_data
+    algorithm: str,
+    num_recycled_layers: int,
+    seed: int,
+    server_learning_rate: float | None = None,
+    num_classes: int = 10,
+) -> FederatedTrainer:
+    """A `FederatedTrainer` for the digits CNN; the initial weights depend on `seed` only."""
     tf.keras.utils.set_random_seed(seed)
-    template = digits_cnn(data.num_classes)
-    layout = layers.describe_model(template)
-    initial = tff.learning.models.ModelWeights.from_model(template)
-    initial = tf.nest.map_structure(lambda v: v.numpy(), initial)
-    input_spec = (
-        tf.TensorSpec([None, *data.input_shape], tf.float32),
-        tf.TensorSpec([None], tf.int32),
+    model = digits_cnn(num_classes)
+    server = None if server_learning_rate is None else tf.keras.optimizers.SGD(server_learning_rate)
+    return FederatedTrainer(
+        model,
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        algorithm=algorithm,
+        num_recycled_layers=num_recycled_layers,
+        local_steps=setup.local_steps,
+        batch_size=setup.batch_size,
+        client_optimizer=tf.keras.optimizers.SGD(setup.learning_rate, momentum=setup.momentum),
+        server_optimizer=server,
+        seed=seed,
     )
 
-    def model_fn():
-        return tff.learning.models.from_keras_model(
-            digits_cnn(data.num_classes),
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            input_spec=input_spec,
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy()],
+
+def fit_digits(
+    trainer: FederatedTrainer,
+    setup: DigitsSetup,
+    data: FederatedData,
+    **fit_kwargs,
+) -> tf.keras.callbacks.History:
+    """Runs `trainer.fit` on `data` with the setup's rounds and clients per round."""
+    return trainer.fit(
+        data,
+        rounds=setup.rounds,
+        clients_per_round=setup.clients_per_round,
+        validation_data=data.test_data,
+        **fit_kwargs,
+    )
+
+
+class _RoundPrinter(tf.keras.callbacks.Callback):
+    """Hands each round's logs and recycled layer names to a function."""
+
+    def __init__(self, trainer: FederatedTrainer, on_round: Callable[[int, dict, list], None]):
+        super().__init__()
+        self._trainer = trainer
+        self._on_round = on_round
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._on_round(epoch, dict(logs or {}), list(self._trainer.last_recycled_layers))
+
+
+def compare_on_digits(
+    setup: DigitsSetup,
+    *,
+    num_recycled_layers: int,
+    seed: int,
+    on_round: Callable[[str, int, dict, list], None] | None = None,
+) -> dict[str, tf.keras.callbacks.History]:
+    """Runs FedAvg and FedLUAR on the same split, client samples and initial weights.
+
+    Args:
+      setup: The experiment's settings.
+      num_recycled_layers: FedLUAR's δ.
+      seed: Seeds the split, the initial weights, the client sampling and LUAR.
+      on_round: Called after every round with (method, round, logs, recycled names).
+
+    Returns:
+      ``{"FedAvg": history, "FedLUAR": history}``.
+    """
+    data = digits_data(setup, seed)
+    results = {}
+    for name, algorithm in (("FedAvg", "fedavg"), ("FedLUAR", "fedluar")):
+        trainer = make_digits_trainer(
+            setup,
+            algorithm=algorithm,
+            num_recycled_layers=num_recycled_layers,
+            seed=seed,
+            num_classes=data.num_classes,
         )
-
-    names = [v.name for v in layout.trainable]
-
-    def build(delta):
-        process = tff.learning.algorithms.build_weighted_fed_avg(
-            model_fn,
-            client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate, momentum=0.9),
-            model_aggregator=LuarFactory(delta, seed=seed, variable_names=names),
-        )
-        process = with_global_weight_norms(process)
-        return process, process.set_model_weights(process.initialize(), initial)
-
-    runs = {"FedAvg": build(0), "FedLUAR": build(num_recycled_layers)}
-    results = {name: RunResult(name) for name in runs}
-    evaluator = digits_cnn(data.num_classes)
-    evaluator.compile(metrics=["accuracy"])
-    for round_num in range(rounds):
-        rng = np.random.default_rng([seed, round_num])
-        sampled = rng.choice(len(client_ids), size=clients_per_round, replace=False)
-        datasets = [
-            _client_round_data(
-                data.client_arrays[client_ids[i]], round_num, seed, local_steps, batch_size
-            )
-            for i in sorted(sampled)
-        ]
-        for name, (process, state) in runs.items():
-            result = results[name]
-            start = time.perf_counter()
-            output = process.next(state, datasets)
-            result.seconds += time.perf_counter() - start
-            runs[name] = (process, output.state)
-            luar = output.metrics["aggregator"]["luar"]
-            mask = np.asarray(luar["recycled"])
-            result.upload_params.append(int(luar["upload_params"]))
-            result.recycled.append(
-                tuple(n for n, m in zip(layout.candidate_names, mask, strict=True) if m)
-            )
-            process.get_model_weights(output.state).assign_weights_to(evaluator)
-            logits = evaluator.predict(x_test, batch_size=256, verbose=0)
-            result.accuracy.append(float(np.mean(np.argmax(logits, axis=1) == y_test)))
+        callbacks = []
         if on_round is not None:
-            on_round(round_num, results["FedAvg"], results["FedLUAR"])
-    return results["FedAvg"], results["FedLUAR"], layout
+            callbacks.append(_RoundPrinter(trainer, lambda r, logs, rec, n=name: on_round(n, r, logs, rec)))
+        results[name] = fit_digits(trainer, setup, data, callbacks=callbacks, verbose=0)
+    return results
+
+
+def summarize(histories: list[dict[str, tf.keras.callbacks.History]]) -> dict[str, dict]:
+    """Final accuracy, communication and time per method, as mean and std over seeds."""
+    out = {}
+    for name in histories[0]:
+        final = np.array([h[name].history["val_accuracy"][-1] for h in histories])
+        comm = np.array([h[name].history["comm_cost"][-1] for h in histories])
+        seconds = np.array([np.sum(h[name].history["round_time"]) for h in histories])
+        out[name] = {
+            "accuracy_mean": float(final.mean()),
+            "accuracy_std": float(final.std()),
+            "comm_cost": float(comm.mean()),
+            "seconds": float(seconds.mean()),
+        }
+    return out

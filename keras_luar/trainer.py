@@ -215,6 +215,8 @@ class FederatedTrainer:
             metrics=[f() for f in self._metric_fns],
         )
         self.model = model
+        # Names recycled in the round that just ended (readable from callbacks).
+        self.last_recycled_layers: list[str] = []
         if self._layout.non_trainable:
             warnings.warn(
                 "The model has non-trainable variables "
@@ -415,6 +417,7 @@ class FederatedTrainer:
                     for n, m in zip(self._layout.candidate_names, np.asarray(luar["recycled"]), strict=True)
                     if m
                 ]
+                self.last_recycled_layers = recycled
                 callback_list.on_epoch_end(round_num, logs)
                 history.history.setdefault("recycled_layers", []).append(recycled)
                 if checkpoint is not None:
