@@ -18,7 +18,12 @@ import time
 import tensorflow as tf
 
 import keras_luar
-from keras_luar.quickstart import DigitsSetup, digits_cnn, digits_data, fit_digits, make_digits_trainer
+from keras_luar.quickstart import (
+    DigitsSetup,
+    digits_cnn,
+    digits_data,
+    make_digits_trainer,
+)
 
 
 def plain_loop_seconds(setup: DigitsSetup, data, repeats: int) -> list[float]:
@@ -46,7 +51,7 @@ def plain_loop_seconds(setup: DigitsSetup, data, repeats: int) -> list[float]:
             with tf.GradientTape() as tape:
                 loss = loss_fn(y, model(x, training=True))
             grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
 
     train(round_data(0))  # trace once, as the trainer's first round does
     seconds = []
