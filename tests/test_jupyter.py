@@ -6,7 +6,6 @@ import os
 import sys
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 CELLS = [
