@@ -106,6 +106,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(
         f"keras-luar quickstart: digits, {setup.num_clients} clients (Dirichlet α={setup.alpha}), "
         f"{setup.clients_per_round} per round, τ={setup.local_steps}, batch {setup.batch_size}, "
+        f"lr {setup.learning_rate} (×0.1 at rounds {', '.join(str(r + 1) for r in setup.decay_rounds)}), "
         f"FedLUAR δ={args.num_recycled_layers}, seeds {' '.join(map(str, args.seeds))}",
         flush=True,
     )

@@ -53,6 +53,17 @@ class DigitsSetup:
     batch_size: int = 20
     learning_rate: float = 0.05
     momentum: float = 0.9
+    # The paper decays the learning rate ×0.1 at 50% and 75% of the rounds.
+    decay_at: tuple[float, ...] = (0.5, 0.75)
+
+    @property
+    def decay_rounds(self) -> tuple[int, ...]:
+        """Rounds at whose start the learning rate is multiplied by 0.1."""
+        return tuple(int(round(f * self.rounds)) for f in self.decay_at)
+
+    def learning_rate_at(self, round_num: int) -> float:
+        """The client learning rate of `round_num` (0-based)."""
+        return self.learning_rate * 0.1 ** sum(round_num >= r for r in self.decay_rounds)
 
 
 def digits_data(setup: DigitsSetup, seed: int) -> FederatedData:
@@ -93,12 +104,16 @@ def fit_digits(
     data: FederatedData,
     **fit_kwargs,
 ) -> tf.keras.callbacks.History:
-    """Runs `trainer.fit` on `data` with the setup's rounds and clients per round."""
+    """Runs `trainer.fit` on `data` with the setup's rounds, clients and LR decay."""
+    schedule = tf.keras.callbacks.LearningRateScheduler(lambda r, lr: setup.learning_rate_at(r))
+    extra = fit_kwargs.pop("callbacks", None) or []
+    callbacks = [schedule, *extra]
     return trainer.fit(
         data,
         rounds=setup.rounds,
         clients_per_round=setup.clients_per_round,
         validation_data=data.test_data,
+        callbacks=callbacks,
         **fit_kwargs,
     )
 
