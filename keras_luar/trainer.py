@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -17,6 +19,7 @@ from keras_luar._checkpoint import RoundCheckpoint
 from keras_luar.aggregators import LuarFactory, with_global_weight_norms
 from keras_luar.aggregators.luar import ClientWeighting, _check_int
 from keras_luar.data.clients import as_client_datasets, check_client_datasets
+from keras_luar.data.records import read_client_records, write_client_records
 from keras_luar.optimizers import to_tff_optimizer
 
 ALGORITHMS = ("fedluar", "fedavg")
@@ -260,14 +263,24 @@ class FederatedTrainer:
         _restore_keras_v2_classes(self.model)
         return process
 
-    def _round_dataset(self, ds, batched, round_num, client_index):
+    def _prepare(self, ds, batched, shuffle_seed, buffer):
+        """One round's local data of a client: τ batches, shuffled unless pre-batched."""
         if batched:
             return ds.repeat().take(self.local_steps)
-        shuffle_seed = (round_num * 100_003 + client_index) % (2**31 - 1)
-        buffer = int(ds.cardinality()) if ds.cardinality() > 0 else 10_000
-        with _global_seed(self.seed):
-            ds = ds.shuffle(buffer, seed=shuffle_seed)
+        ds = ds.shuffle(buffer, seed=shuffle_seed)
         return ds.repeat().batch(self.batch_size).take(self.local_steps)
+
+    @staticmethod
+    def _shuffle_seed(round_num: int, client_index: int) -> int:
+        return (round_num * 100_003 + client_index) % (2**31 - 1)
+
+    def _round_dataset(self, ds, batched, round_num, client_index, buffer=None):
+        """A client's dataset for one round; the same batches for the same seeds."""
+        if buffer is None:
+            buffer = int(ds.cardinality()) if ds.cardinality() > 0 else 10_000
+        seed = tf.constant(self._shuffle_seed(round_num, client_index), tf.int64)
+        with _global_seed(self.seed):
+            return self._prepare(ds, batched, seed, buffer)
 
     def _sample(self, num_clients, clients_per_round, round_num):
         rng = np.random.default_rng([self.seed, round_num])
@@ -345,8 +358,36 @@ class FederatedTrainer:
             scan=validate_data,
         )
         client_ids = list(datasets)
-        first = self._round_dataset(datasets[client_ids[0]], batched, 0, 0)
-        process = self._build_process(first.element_spec)
+        workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")
+        try:
+            return self._fit(
+                datasets, client_ids, batched, workdir, rounds, clients_per_round,
+                validation_data, callbacks, verbose, checkpoint_dir,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _fit(
+        self, datasets, client_ids, batched, workdir, rounds, clients_per_round,
+        validation_data, callbacks, verbose, checkpoint_dir,
+    ):  # fmt: skip
+        paths, counts = write_client_records(datasets, workdir, stacked=not batched)
+        empty = [cid for cid in client_ids if counts[cid] == 0]
+        if empty:
+            raise ValueError(
+                "Invalid value for argument `client_data`. Expected every client to hold "
+                f"data. Received: client {empty[0]!r} is empty"
+            )
+        # TFF serializes every dataset it is given, with its data, on every call. A
+        # dataset that reads a file serializes to a small graph naming the file, so
+        # rounds ship file names, not data.
+        spec = datasets[client_ids[0]].element_spec
+        on_disk = {
+            cid: read_client_records(paths[cid], spec, stacked=not batched) for cid in client_ids
+        }
+        process = self._build_process(
+            self._round_dataset(on_disk[client_ids[0]], batched, 0, 0, 1).element_spec
+        )
         state = process.initialize()
         weights = tff.learning.models.ModelWeights.from_model(self.model)
         state = process.set_model_weights(state, tf.nest.map_structure(lambda v: v.numpy(), weights))
@@ -384,7 +425,9 @@ class FederatedTrainer:
                 began = time.perf_counter()
                 chosen = self._sample(len(client_ids), clients_per_round, round_num)
                 round_data = [
-                    self._round_dataset(datasets[client_ids[i]], batched, round_num, int(i))
+                    self._round_dataset(
+                        on_disk[client_ids[i]], batched, round_num, int(i), counts[client_ids[i]]
+                    )
                     for i in chosen
                 ]
                 output = process.next(state, round_data)
