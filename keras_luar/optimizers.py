@@ -50,7 +50,9 @@ def _check_no_extras(config: dict, argument: str, name: str) -> None:
         )
 
 
-def to_tff_optimizer(optimizer: Any, argument: str = "client_optimizer"):
+def to_tff_optimizer(
+    optimizer: Any, argument: str = "client_optimizer"
+) -> tff.learning.optimizers.Optimizer:
     """Converts a Keras optimizer to a `tff.learning.optimizers.Optimizer`.
 
     Args:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 import time
@@ -12,106 +11,25 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow.python.eager import context as tf_context
 
 from keras_luar import layers
 from keras_luar._checkpoint import RoundCheckpoint
+from keras_luar._keras_compat import (
+    EveryName,
+    global_seed,
+    is_subclassed,
+    loss_factory,
+    metric_factories,
+    restore_keras_v2_classes,
+)
+from keras_luar._validation import check_int
 from keras_luar.aggregators import LuarFactory, with_global_weight_norms
-from keras_luar.aggregators.luar import ClientWeighting, _check_int
+from keras_luar.aggregators.luar import ClientWeighting
 from keras_luar.data.clients import as_client_datasets, check_client_datasets
 from keras_luar.data.records import read_client_records, write_client_records
 from keras_luar.optimizers import to_tff_optimizer
 
 ALGORITHMS = ("fedluar", "fedavg")
-
-
-class _Everything(frozenset):
-    """Progbar `stateful_metrics` that holds every name: show each round's value as is."""
-
-    def __contains__(self, item) -> bool:
-        return True
-
-
-@contextlib.contextmanager
-def _global_seed(seed: int):
-    """Makes `Dataset.shuffle(seed=...)` independent of the user's global seed.
-
-    A shuffle's seeds are (global seed, op seed), read when the dataset is
-    built, so the same op seed shuffles differently after a user's
-    `tf.random.set_seed`. Only the value that op reads is swapped here; the
-    user's random streams and kernel caches are left untouched.
-    """
-    ctx = tf_context.context()
-    saved = ctx._seed
-    ctx._seed = seed
-    try:
-        yield
-    finally:
-        ctx._seed = saved
-
-
-def _restore_keras_v2_classes(model: tf.keras.Model) -> None:
-    """Undoes Keras 2's global class swap after TFF built models in graph mode.
-
-    Keras 2 picks a layer's or model's implementation when one is constructed:
-    in graph mode (as inside TFF's `model_fn`) it rewrites the ``__bases__`` of
-    the classes involved (Sequential, Dense, ...) to their TF1 versions, which
-    changes every existing instance too. Without this, the user's eager model
-    would afterwards run TF1 `evaluate`/`predict` and fail.
-    """
-    from keras.src.engine import base_layer, base_layer_v1, training, training_v1
-    from keras.src.utils import version_utils
-
-    classes = {type(layer) for layer in model._flatten_layers(include_self=True)}
-    classes |= {tf.keras.Sequential, tf.keras.Model}
-    for cls in classes:
-        if issubclass(cls, (training.Model, training_v1.Model)):
-            version_utils.swap_class(cls, training.Model, training_v1.Model, use_v2=True)
-        version_utils.swap_class(cls, base_layer.Layer, base_layer_v1.Layer, use_v2=True)
-
-
-def _is_subclassed(model: tf.keras.Model) -> bool:
-    return not (isinstance(model, tf.keras.Sequential) or getattr(model, "_is_graph_network", False))
-
-
-def _loss_factory(loss: Any):
-    if isinstance(loss, tf.keras.losses.Loss):
-        return lambda: type(loss).from_config(loss.get_config())
-    resolved = tf.keras.losses.get(loss) if isinstance(loss, str | dict) else loss
-    if isinstance(resolved, tf.keras.losses.Loss):
-        return lambda: type(resolved).from_config(resolved.get_config())
-    if callable(resolved):
-        return lambda: tf.keras.losses.LossFunctionWrapper(resolved)
-    raise TypeError(
-        "Invalid value for argument `loss`. Expected a Keras loss (name, object or "
-        f"function). Received: loss={loss!r}"
-    )
-
-
-def _metric_factories(metrics, loss_name: str) -> list:
-    factories = []
-    for metric in metrics or []:
-        if isinstance(metric, str) and metric in ("accuracy", "acc"):
-            if "sparse" in loss_name:
-                cls = tf.keras.metrics.SparseCategoricalAccuracy
-            elif "binary" in loss_name:
-                cls = tf.keras.metrics.BinaryAccuracy
-            else:
-                cls = tf.keras.metrics.CategoricalAccuracy
-            factories.append(lambda cls=cls: cls(name="accuracy"))
-            continue
-        resolved = tf.keras.metrics.get(metric) if isinstance(metric, str | dict) else metric
-        if isinstance(resolved, tf.keras.metrics.Metric):
-            factories.append(lambda m=resolved: type(m).from_config(m.get_config()))
-        elif callable(resolved):
-            name = metric if isinstance(metric, str) else resolved.__name__
-            factories.append(lambda f=resolved, n=name: tf.keras.metrics.MeanMetricWrapper(f, name=n))
-        else:
-            raise TypeError(
-                "Invalid value for argument `metrics`. Expected Keras metric names or "
-                f"objects. Received: {metric!r}"
-            )
-    return factories
 
 
 class FederatedTrainer:
@@ -164,7 +82,7 @@ class FederatedTrainer:
                 "Invalid value for argument `model`. Expected a tf.keras.Model. "
                 f"Received: model of type {type(model).__name__}"
             )
-        if _is_subclassed(model):
+        if is_subclassed(model):
             raise TypeError(
                 "Invalid value for argument `model`. TFF needs a model it can clone for the "
                 "clients, which tf.keras.models.clone_model cannot do for subclassed models. "
@@ -177,7 +95,7 @@ class FederatedTrainer:
                 f"Invalid value for argument `algorithm`. Expected one of {ALGORITHMS}. "
                 f"Received: algorithm={algorithm!r}"
             )
-        delta = _check_int("num_recycled_layers", num_recycled_layers, 0)
+        delta = check_int("num_recycled_layers", num_recycled_layers, 0)
         self.algorithm = algorithm
         self.num_recycled_layers = delta if algorithm == "fedluar" else 0
         num_candidates = self._layout.num_candidates
@@ -188,18 +106,18 @@ class FederatedTrainer:
                 f"than the model's number of candidate layers L={num_candidates} ({names}). "
                 f"Received: num_recycled_layers={delta}"
             )
-        self.local_steps = _check_int("local_steps", local_steps, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.local_steps = check_int("local_steps", local_steps, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
         if client_weighting not in ("uniform", "example"):
             raise ValueError(
                 "Invalid value for argument `client_weighting`. Expected 'uniform' or "
                 f"'example'. Received: client_weighting={client_weighting!r}"
             )
         self.client_weighting = client_weighting
-        self._loss_fn = _loss_factory(loss)
+        self._loss_fn = loss_factory(loss)
         loss_name = getattr(loss, "name", None) or getattr(loss, "__name__", None) or str(loss)
-        self._metric_fns = _metric_factories(metrics, str(loss_name).lower())
+        self._metric_fns = metric_factories(metrics, str(loss_name).lower())
         if client_optimizer is None:
             client_optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
         self._client_optimizer = to_tff_optimizer(client_optimizer, "client_optimizer")
@@ -260,7 +178,7 @@ class FederatedTrainer:
             model_aggregator=factory,
         )
         process = with_global_weight_norms(process)
-        _restore_keras_v2_classes(self.model)
+        restore_keras_v2_classes(self.model)
         return process
 
     def _prepare(self, ds, batched, shuffle_seed, buffer):
@@ -279,7 +197,7 @@ class FederatedTrainer:
         if buffer is None:
             buffer = int(ds.cardinality()) if ds.cardinality() > 0 else 10_000
         seed = tf.constant(self._shuffle_seed(round_num, client_index), tf.int64)
-        with _global_seed(self.seed):
+        with global_seed(self.seed):
             return self._prepare(ds, batched, seed, buffer)
 
     def _sample(self, num_clients, clients_per_round, round_num):
@@ -340,9 +258,9 @@ class FederatedTrainer:
         Raises:
           ValueError / TypeError: For bad client data or arguments, before any round.
         """
-        rounds = _check_int("rounds", rounds, 1)
+        rounds = check_int("rounds", rounds, 1)
         datasets = as_client_datasets(client_data)
-        clients_per_round = _check_int("clients_per_round", clients_per_round, 1)
+        clients_per_round = check_int("clients_per_round", clients_per_round, 1)
         if clients_per_round > len(datasets):
             raise ValueError(
                 "Invalid value for argument `clients_per_round`. Expected at most the "
@@ -410,7 +328,7 @@ class FederatedTrainer:
         progbar = None
         if verbose == 1:
             progbar = tf.keras.utils.Progbar(rounds, verbose=1, unit_name="round")
-            progbar.stateful_metrics = _Everything()  # the constructor would copy it to a set
+            progbar.stateful_metrics = EveryName()  # the constructor would copy it to a set
         if progbar is not None and start_round:
             progbar.update(start_round)
         fedavg_params = self._layout.trainable_size
@@ -472,7 +390,7 @@ class FederatedTrainer:
             callback_list.on_train_end()
         return history
 
-    def evaluate(self, data: Any, **kwargs):
+    def evaluate(self, data: Any, **kwargs: Any) -> Any:
         """Evaluates the global model like `model.evaluate`.
 
         Args:

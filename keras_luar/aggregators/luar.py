@@ -43,6 +43,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import layers, scoring
+from keras_luar._validation import check_int
 
 ClientWeighting = Literal["uniform", "example"]
 _WEIGHTINGS = ("uniform", "example")
@@ -64,20 +65,6 @@ class LuarState(NamedTuple):
     aggregation_counts: Any  # int64 [L]: rounds in which each candidate was aggregated fresh
     weight_norms: Any  # float32 [L]: ||x_t,l||, written before each round; -1 = not written
     inner: Any  # state of the inner aggregation process
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. "
-            f"Received: {name}={value!r} of type {type(value).__name__}"
-        )
-    if value < minimum:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 class LuarFactory(tff.aggregators.WeightedAggregationFactory):
@@ -129,8 +116,8 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
         client_weighting: ClientWeighting = "uniform",
         variable_names: list[str] | None = None,
     ):
-        self._num_recycled = _check_int("num_recycled_layers", num_recycled_layers, 0)
-        self._seed = _check_int("seed", seed, -(2**63))
+        self._num_recycled = check_int("num_recycled_layers", num_recycled_layers, 0)
+        self._seed = check_int("seed", seed, -(2**63))
         if inner_factory is None:
             inner_factory = tff.aggregators.MeanFactory()
         if not isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory):
