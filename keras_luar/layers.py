@@ -184,6 +184,19 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
+def _layout(names, trainable, non_trainable, bn_statistics) -> ModelLayout:
+    """Builds a layout from names (trainable first) and objects with shape/dtype."""
+    names = _unique(names)
+    t_infos = tuple(
+        _info(names[i], v.shape, v.dtype, True, i, bn_statistics) for i, v in enumerate(trainable)
+    )
+    nt_infos = tuple(
+        _info(names[len(trainable) + i], v.shape, v.dtype, False, i, bn_statistics)
+        for i, v in enumerate(non_trainable)
+    )
+    return ModelLayout(t_infos, nt_infos, bn_statistics)
+
+
 def _variable_name(variable: tf.Variable) -> str:
     name = variable.name
     return name[:-2] if name.endswith(":0") else name
@@ -225,15 +238,8 @@ def describe_model(model: tf.keras.Model, *, bn_statistics: BnStatistics = "aver
         )
     trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)
-    names = _unique([_variable_name(v) for v in trainable + non_trainable])
-    t_infos = tuple(
-        _info(names[i], v.shape, v.dtype, True, i, bn_statistics) for i, v in enumerate(trainable)
-    )
-    nt_infos = tuple(
-        _info(names[len(trainable) + i], v.shape, v.dtype, False, i, bn_statistics)
-        for i, v in enumerate(non_trainable)
-    )
-    return ModelLayout(t_infos, nt_infos, bn_statistics)
+    names = [_variable_name(v) for v in trainable + non_trainable]
+    return _layout(names, trainable, non_trainable, bn_statistics)
 
 
 def _leaf_specs(type_spec) -> list[tf.TensorSpec]:
@@ -300,12 +306,4 @@ def describe_weights_type(
             f"Invalid value for argument `names`. Expected {total} names, one per "
             f"variable. Received: {len(names)} names"
         )
-    names = _unique(list(names))
-    t_infos = tuple(
-        _info(names[i], s.shape, s.dtype, True, i, bn_statistics) for i, s in enumerate(trainable)
-    )
-    nt_infos = tuple(
-        _info(names[len(trainable) + i], s.shape, s.dtype, False, i, bn_statistics)
-        for i, s in enumerate(non_trainable)
-    )
-    return ModelLayout(t_infos, nt_infos, bn_statistics)
+    return _layout(list(names), trainable, non_trainable, bn_statistics)
