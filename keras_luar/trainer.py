@@ -275,6 +275,8 @@ class FederatedTrainer:
             num_outputs=int(self.model.output_shape[-1]),
             scan=validate_data,
         )
+        if validation_data is not None:
+            validation_data = self._as_eval_data(validation_data)  # fails now, not after a round
         client_ids = list(datasets)
         workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")
         try:
@@ -369,9 +371,7 @@ class FederatedTrainer:
                     round_time=round_time,
                 )
                 if validation_data is not None:
-                    val = self.model.evaluate(
-                        self._as_eval_data(validation_data), verbose=0, return_dict=True
-                    )
+                    val = self.model.evaluate(validation_data, verbose=0, return_dict=True)
                     logs.update({f"val_{k}": float(v) for k, v in val.items()})
                 recycled = [
                     n

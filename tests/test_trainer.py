@@ -335,3 +335,12 @@ def test_unknown_algorithm_lists_known_ones():
 def test_unsupported_optimizers_are_refused(optimizer, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _trainer(client_optimizer=optimizer)
+
+
+def test_bad_validation_data_fails_before_any_round():
+    trainer = _trainer()
+    before = _weights(trainer.model)
+    with pytest.raises(TypeError, match="tf.data.Dataset or \\(x, y\\)"):
+        _fit(trainer, validation_data="test.csv")
+    for a, b in zip(before, _weights(trainer.model), strict=True):
+        np.testing.assert_array_equal(a, b)  # no round ran
