@@ -82,8 +82,8 @@ class FederatedData:
 def load_digits_federated(
     num_clients: int = 16,
     alpha: float = 0.5,
-    *,
     seed: int = 0,
+    *,
     test_fraction: float = 0.25,
     min_size: int = 10,
     iid: bool = False,
