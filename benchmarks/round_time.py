@@ -6,7 +6,7 @@ The floor is one `tf.function` loop that does the same number of SGD steps
 federated machinery at all. Everything is measured in this one run, so the
 ratios are comparable even on a busy machine; absolute seconds are not.
 
-    uv run python benchmarks/round_time.py [--rounds 12] [--clients-per-round 8]
+    uv run python benchmarks/round_time.py [--rounds 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -73,24 +73,30 @@ def trainer_seconds(setup: DigitsSetup, data, algorithm: str, delta: int) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients-per-round", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument(
+        "--repeats", type=int, default=3,
+        help="measure the three in turn this many times, so load drift hits all alike",
+    )
     args = parser.parse_args()
     setup = DigitsSetup(
         rounds=args.rounds, clients_per_round=args.clients_per_round, local_steps=args.local_steps
     )
     data = digits_data(setup, seed=0)
-    fedavg = trainer_seconds(setup, data, "fedavg", 0)
-    fedluar = trainer_seconds(setup, data, "fedluar", 2)
-    floor = plain_loop_seconds(setup, data, repeats=max(args.rounds - 1, 3))
-    med = {name: statistics.median(v) for name, v in
-           {"FedAvg round": fedavg, "FedLUAR round": fedluar, "plain tf.function": floor}.items()}
+    seconds: dict[str, list[float]] = {"FedAvg round": [], "FedLUAR round": [], "plain tf.function": []}
+    for _ in range(args.repeats):
+        seconds["FedAvg round"] += trainer_seconds(setup, data, "fedavg", 0)
+        seconds["FedLUAR round"] += trainer_seconds(setup, data, "fedluar", 2)
+        seconds["plain tf.function"] += plain_loop_seconds(setup, data, repeats=max(args.rounds - 1, 3))
+    med = {name: statistics.median(v) for name, v in seconds.items()}
     steps = setup.clients_per_round * setup.local_steps
     print(f"keras_luar {keras_luar.__version__}: digits CNN, {setup.clients_per_round} clients × "
-          f"τ={setup.local_steps} = {steps} local steps per round, batch {setup.batch_size}")
+          f"τ={setup.local_steps} = {steps} local steps per round, batch {setup.batch_size}, "
+          f"{args.repeats} repeats")
     for name, value in med.items():
-        print(f"  {name:<18} median {value * 1000:8.1f} ms")
+        print(f"  {name:<18} median {value * 1000:8.1f} ms  ({len(seconds[name])} rounds)")
     print(f"  FedAvg round / plain loop    = {med['FedAvg round'] / med['plain tf.function']:.2f}")
     print(f"  FedLUAR round / plain loop   = {med['FedLUAR round'] / med['plain tf.function']:.2f}")
     print(f"  FedLUAR round / FedAvg round = {med['FedLUAR round'] / med['FedAvg round']:.3f}")

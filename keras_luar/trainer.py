@@ -228,6 +228,7 @@ class FederatedTrainer:
         verbose: int = 1,
         checkpoint_dir: str | None = None,
         validate_data: bool = True,
+        client_data_cache: str = "auto",
     ) -> tf.keras.callbacks.History:
         """Runs federated rounds; returns a Keras `History` with one entry per round.
 
@@ -247,6 +248,13 @@ class FederatedTrainer:
             `fit` with the same directory resumes after the last saved round.
           validate_data: Read all client data once before the first round to
             check labels and finiteness.
+          client_data_cache: How client data reaches TFF each round. TFF
+            serializes a dataset, data included, on every call: ``"files"``
+            writes each client once to a TFRecord file and passes datasets that
+            read it (the call then carries only a file name); ``"memory"``
+            passes the datasets as they are. ``"auto"`` uses files when a
+            client may hold more than 1 MB, where they are faster; both give
+            the same batches.
 
         Returns:
           `History` whose ``history`` has, per round: ``loss`` and metrics over
@@ -275,38 +283,36 @@ class FederatedTrainer:
             num_outputs=int(self.model.output_shape[-1]),
             scan=validate_data,
         )
+        if client_data_cache not in ("auto", "memory", "files"):
+            raise ValueError(
+                "Invalid value for argument `client_data_cache`. Expected 'auto', 'memory' or "
+                f"'files'. Received: client_data_cache={client_data_cache!r}"
+            )
         if validation_data is not None:
             validation_data = self._as_eval_data(validation_data)  # fails now, not after a round
-        client_ids = list(datasets)
+        if client_data_cache == "auto":
+            client_data_cache = "files" if _may_exceed(datasets, batched, 2**20) else "memory"
         workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")
         try:
+            if client_data_cache == "files":
+                sources, counts = _on_disk(datasets, batched, workdir)
+            else:
+                sources = datasets
+                counts = {cid: _count(ds) for cid, ds in datasets.items()}
             return self._fit(
-                datasets, client_ids, batched, workdir, rounds, clients_per_round,
+                sources, counts, batched, rounds, clients_per_round,
                 validation_data, callbacks, verbose, checkpoint_dir,
             )  # fmt: skip
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _fit(
-        self, datasets, client_ids, batched, workdir, rounds, clients_per_round,
+        self, sources, counts, batched, rounds, clients_per_round,
         validation_data, callbacks, verbose, checkpoint_dir,
     ):  # fmt: skip
-        paths, counts = write_client_records(datasets, workdir, stacked=not batched)
-        empty = [cid for cid in client_ids if counts[cid] == 0]
-        if empty:
-            raise ValueError(
-                "Invalid value for argument `client_data`. Expected every client to hold "
-                f"data. Received: client {empty[0]!r} is empty"
-            )
-        # TFF serializes every dataset it is given, with its data, on every call. A
-        # dataset that reads a file serializes to a small graph naming the file, so
-        # rounds ship file names, not data.
-        spec = datasets[client_ids[0]].element_spec
-        on_disk = {
-            cid: read_client_records(paths[cid], spec, stacked=not batched) for cid in client_ids
-        }
+        client_ids = list(sources)
         process = self._build_process(
-            self._round_dataset(on_disk[client_ids[0]], batched, 0, 0, 1).element_spec
+            self._round_dataset(sources[client_ids[0]], batched, 0, 0, 1).element_spec
         )
         state = process.initialize()
         weights = tff.learning.models.ModelWeights.from_model(self.model)
@@ -316,7 +322,7 @@ class FederatedTrainer:
         history_entries: dict[str, list] = {}
         start_round = 0
         if checkpoint_dir is not None:
-            checkpoint = RoundCheckpoint(checkpoint_dir, self._fingerprint(len(datasets), clients_per_round))
+            checkpoint = RoundCheckpoint(checkpoint_dir, self._fingerprint(len(sources), clients_per_round))
             restored = checkpoint.restore(process.initialize())
             if restored is not None:
                 state, start_round, history_entries = restored
@@ -346,7 +352,7 @@ class FederatedTrainer:
                 chosen = self._sample(len(client_ids), clients_per_round, round_num)
                 round_data = [
                     self._round_dataset(
-                        on_disk[client_ids[i]], batched, round_num, int(i), counts[client_ids[i]]
+                        sources[client_ids[i]], batched, round_num, int(i), counts[client_ids[i]]
                     )
                     for i in chosen
                 ]
@@ -436,3 +442,34 @@ class FederatedTrainer:
         elif verbose == 2:
             text = " - ".join(f"{k}: {v:.4g}" for k, v in shown)
             print(f"Round {round_num + 1}/{rounds} - {text}", flush=True)
+
+
+def _count(ds: tf.data.Dataset) -> int:
+    cardinality = int(ds.cardinality())
+    return cardinality if cardinality >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
+
+
+def _may_exceed(datasets, batched: bool, limit: int) -> bool:
+    """Whether some client's data may be larger than `limit` bytes (unknown counts as yes)."""
+    specs = tf.nest.flatten(next(iter(datasets.values())).element_spec)
+    if batched or not all(s.shape.is_fully_defined() for s in specs):
+        return True
+    element = sum(s.shape.num_elements() * s.dtype.size for s in specs)
+    return any(ds.cardinality() < 0 or int(ds.cardinality()) * element > limit for ds in datasets.values())
+
+
+def _on_disk(datasets, batched: bool, directory: str):
+    """Writes client data to files; returns file-reading datasets and element counts.
+
+    TFF serializes every dataset it is given, with its data, on every call. A
+    dataset that reads a file serializes to a small graph naming the file.
+    """
+    paths, counts = write_client_records(datasets, directory, stacked=not batched)
+    empty = [cid for cid, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(
+            "Invalid value for argument `client_data`. Expected every client to hold "
+            f"data. Received: client {empty[0]!r} is empty"
+        )
+    spec = next(iter(datasets.values())).element_spec
+    return {cid: read_client_records(paths[cid], spec, stacked=not batched) for cid in datasets}, counts

@@ -344,3 +344,18 @@ def test_bad_validation_data_fails_before_any_round():
         _fit(trainer, validation_data="test.csv")
     for a, b in zip(before, _weights(trainer.model), strict=True):
         np.testing.assert_array_equal(a, b)  # no round ran
+
+
+def test_client_data_in_memory_and_in_files_give_the_same_run():
+    runs = {}
+    for cache in ("memory", "files"):
+        trainer = _trainer()
+        runs[cache] = (_comparable(_fit(trainer, client_data_cache=cache)), _weights(trainer.model))
+    assert runs["memory"][0] == runs["files"][0]
+    for a, b in zip(runs["memory"][1], runs["files"][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_client_data_cache():
+    with pytest.raises(ValueError, match="client_data_cache='disk'"):
+        _fit(_trainer(), client_data_cache="disk")
