@@ -342,12 +342,13 @@ class FederatedTrainer:
         fedavg_params = self._layout.trainable_size
         uploaded = float(np.sum(history.history.get("upload_params", [])))
         fedavg_uploaded = float(start_round * clients_per_round * fedavg_params)
+        client_lr = self._client_learning_rate(process, state)
         self.model.stop_training = False
         callback_list.on_train_begin()
         try:
             for round_num in range(start_round, rounds):
                 callback_list.on_epoch_begin(round_num)
-                state = self._sync_learning_rate(process, state)
+                state, client_lr = self._sync_learning_rate(process, state, client_lr)
                 began = time.perf_counter()
                 chosen = self._sample(len(client_ids), clients_per_round, round_num)
                 round_data = [
@@ -410,17 +411,24 @@ class FederatedTrainer:
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _sync_learning_rate(self, process, state):
-        """Pushes the Keras optimizer's learning rate (set by callbacks) into TFF."""
+    def _sync_learning_rate(self, process, state, current):
+        """Pushes the Keras optimizer's learning rate (set by callbacks) into TFF.
+
+        `current` is the client learning rate held in `state` (None if the client
+        optimizer has none). TFF is only called when a callback changed the rate.
+        Returns the state and the rate it now holds.
+        """
+        lr = float(np.float32(tf.keras.backend.get_value(self.model.optimizer.learning_rate)))
+        if current is None or lr == current:
+            return state, current
         hparams = process.get_hparams(state)
-        client = hparams.get("client_work", {})
-        if "learning_rate" not in client:
-            return state
-        lr = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
-        if np.isclose(lr, float(client["learning_rate"]), rtol=0, atol=0):
-            return state
-        client["learning_rate"] = np.float32(lr)
-        return process.set_hparams(state, hparams)
+        hparams["client_work"]["learning_rate"] = np.float32(lr)
+        return process.set_hparams(state, hparams), lr
+
+    @staticmethod
+    def _client_learning_rate(process, state):
+        lr = process.get_hparams(state).get("client_work", {}).get("learning_rate")
+        return None if lr is None else float(np.float32(lr))
 
     def _fingerprint(self, num_clients, clients_per_round) -> dict:
         return {
