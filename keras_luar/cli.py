@@ -112,13 +112,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     )
     print(f"{'seed':>4}  {'method':<8}{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'upload':>6}  recycled")
 
-    fedavg_params = None
-
-    def on_round(seed, name, round_num, logs, recycled):
-        nonlocal fedavg_params
-        if name == "FedAvg":
-            fedavg_params = logs["upload_params"]  # every FedAvg round uploads everything
-        fraction = logs["upload_params"] / fedavg_params
+    def on_round(seed, name, round_num, logs, recycled, fraction):
         print(
             f"{seed:>4}  {name:<8}{round_num + 1:>5}  {logs['val_accuracy']:>8.4f}  "
             f"{logs['loss']:>7.4f}  {fraction:>6.2f}  {', '.join(recycled) or '-'}",
@@ -133,7 +127,7 @@ def _quickstart(args: argparse.Namespace) -> int:
                     setup,
                     num_recycled_layers=args.num_recycled_layers,
                     seed=seed,
-                    on_round=lambda n, r, logs, rec, s=seed: on_round(s, n, r, logs, rec),
+                    on_round=lambda n, r, logs, rec, frac, s=seed: on_round(s, n, r, logs, rec, frac),
                 )
             )
         except ValueError as error:

@@ -119,15 +119,23 @@ def fit_digits(
 
 
 class _RoundPrinter(tf.keras.callbacks.Callback):
-    """Hands each round's logs and recycled layer names to a function."""
+    """Hands each round's logs, recycled layer names and upload fraction to a function."""
 
-    def __init__(self, trainer: FederatedTrainer, on_round: Callable[[int, dict, list], None]):
+    def __init__(
+        self,
+        trainer: FederatedTrainer,
+        clients_per_round: int,
+        on_round: Callable[[int, dict, list, float], None],
+    ):
         super().__init__()
         self._trainer = trainer
+        self._fedavg_upload = clients_per_round * trainer.layout.trainable_size
         self._on_round = on_round
 
     def on_epoch_end(self, epoch, logs=None):
-        self._on_round(epoch, dict(logs or {}), list(self._trainer.last_recycled_layers))
+        logs = dict(logs or {})
+        fraction = logs["upload_params"] / self._fedavg_upload
+        self._on_round(epoch, logs, list(self._trainer.last_recycled_layers), fraction)
 
 
 def compare_on_digits(
@@ -135,7 +143,7 @@ def compare_on_digits(
     *,
     num_recycled_layers: int,
     seed: int,
-    on_round: Callable[[str, int, dict, list], None] | None = None,
+    on_round: Callable[[str, int, dict, list, float], None] | None = None,
 ) -> dict[str, tf.keras.callbacks.History]:
     """Runs FedAvg and FedLUAR on the same split, client samples and initial weights.
 
@@ -143,7 +151,8 @@ def compare_on_digits(
       setup: The experiment's settings.
       num_recycled_layers: FedLUAR's δ.
       seed: Seeds the split, the initial weights, the client sampling and LUAR.
-      on_round: Called after every round with (method, round, logs, recycled names).
+      on_round: Called after every round with (method, round, logs, recycled
+        names, upload as a fraction of FedAvg's).
 
     Returns:
       ``{"FedAvg": history, "FedLUAR": history}``.
@@ -160,7 +169,13 @@ def compare_on_digits(
         )
         callbacks = []
         if on_round is not None:
-            callbacks.append(_RoundPrinter(trainer, lambda r, logs, rec, n=name: on_round(n, r, logs, rec)))
+            callbacks.append(
+                _RoundPrinter(
+                    trainer,
+                    setup.clients_per_round,
+                    lambda r, logs, rec, frac, n=name: on_round(n, r, logs, rec, frac),
+                )
+            )
         results[name] = fit_digits(trainer, setup, data, callbacks=callbacks, verbose=0)
     return results
 
