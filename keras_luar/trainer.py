@@ -323,7 +323,7 @@ class FederatedTrainer:
         start_round = 0
         if checkpoint_dir is not None:
             checkpoint = RoundCheckpoint(checkpoint_dir, self._fingerprint(len(sources), clients_per_round))
-            restored = checkpoint.restore(process.initialize())
+            restored = checkpoint.restore(state)  # any state of this process is a template
             if restored is not None:
                 state, start_round, history_entries = restored
                 process.get_model_weights(state).assign_weights_to(self.model)
@@ -473,11 +473,5 @@ def _on_disk(datasets, batched: bool, directory: str):
     dataset that reads a file serializes to a small graph naming the file.
     """
     paths, counts = write_client_records(datasets, directory, stacked=not batched)
-    empty = [cid for cid, n in counts.items() if n == 0]
-    if empty:
-        raise ValueError(
-            "Invalid value for argument `client_data`. Expected every client to hold "
-            f"data. Received: client {empty[0]!r} is empty"
-        )
     spec = next(iter(datasets.values())).element_spec
     return {cid: read_client_records(paths[cid], spec, stacked=not batched) for cid in datasets}, counts
