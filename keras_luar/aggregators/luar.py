@@ -77,6 +77,9 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
       seed: Seed of the stateless RNG that draws the recycled layers.
       inner_factory: A `tff.aggregators.WeightedAggregationFactory` that
         aggregates the sent part; defaults to `tff.aggregators.MeanFactory()`.
+        If it has an ``encoded_bytes(shape, dtype)`` method (as
+        `QuantizationFactory` has), the ``upload_bytes`` measurements count
+        those bytes for each sent tensor.
       client_weighting: ``"uniform"`` averages client updates with equal
         weights, as the official FedLUAR code does; ``"example"`` uses the
         weights TFF passes in (the number of examples, with TFF's default
@@ -177,8 +180,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
                 f"tensors. Received: value_type={value_type}"
             )
         if not (
-            isinstance(weight_type, tff.TensorType)
-            and tf.as_dtype(weight_type.dtype).is_floating
+            isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating
         ):
             raise TypeError(
                 "LuarFactory.create: expected `weight_type` to be a float tensor type. "
@@ -205,9 +207,18 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
         num_layers = layout.num_candidates
         cand_specs = [(tf.as_dtype(v.dtype), v.shape) for v in layout.candidates]
         cand_sizes = np.array(layout.candidate_sizes, np.int64)
-        cand_bytes = np.array([v.nbytes for v in layout.candidates], np.int64)
+        encoded_bytes = getattr(self._inner_factory, "encoded_bytes", None)
+
+        def nbytes(v: layers.VariableInfo) -> int:
+            # An inner factory that encodes tensors (e.g. QuantizationFactory) says what
+            # one tensor costs on the wire; otherwise it travels at its own dtype.
+            if callable(encoded_bytes):
+                return int(encoded_bytes(v.shape, v.dtype))
+            return v.nbytes
+
+        cand_bytes = np.array([nbytes(v) for v in layout.candidates], np.int64)
         total_size = np.int64(layout.trainable_size)
-        total_bytes = np.int64(layout.trainable_bytes)
+        total_bytes = np.int64(sum(nbytes(v) for v in layout.trainable))
         num_recycled = self._num_recycled
         seed = self._seed
         uniform = self._client_weighting == "uniform"
@@ -277,7 +288,9 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
                 _print_missing_norms_warning,
                 lambda: tf.constant(False),
             )
-            weight_norms = tf.where(norms_missing, tf.ones_like(state.weight_norms), state.weight_norms)
+            weight_norms = tf.where(
+                norms_missing, tf.ones_like(state.weight_norms), state.weight_norms
+            )
             fresh_means = [flat[i] for i in cand_idx]
             fresh_scores = scoring.layer_scores(scoring.frobenius_norms(fresh_means), weight_norms)
             scores = tf.where(fresh, fresh_scores, state.scores)
