@@ -1,0 +1,201 @@
+"""The shared client work: FedAvg parity with TFF, FedProx's proximal term, frozen variables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import keras_luar  # noqa: F401  (sets up TFF's worker clean-up)
+from keras_luar.algorithms import build_client_work, build_learning_process
+
+LR = 0.1
+
+
+def _client_arrays(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    y = rng.normal(size=(6, 2)).astype(np.float32)
+    return x, y
+
+
+CLIENTS = [_client_arrays(s) for s in range(3)]
+
+
+def _dataset(x, y, batch=2):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+SPEC = _dataset(*CLIENTS[0]).element_spec
+
+
+def _keras(seed=0):
+    tf.keras.utils.set_random_seed(seed)
+    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="d")])
+
+
+def model_fn():
+    return tff.learning.models.from_keras_model(
+        _keras(), loss=tf.keras.losses.MeanSquaredError(), input_spec=SPEC
+    )
+
+
+def _initial():
+    model = _keras()
+    return [w.copy() for w in model.get_weights()]  # kernel [3, 2], bias [2]
+
+
+def _grads(w, b, x, y):
+    """Gradients of Keras' MeanSquaredError (mean over batch and outputs) for y = xW + b."""
+    err = x @ w + b - y
+    scale = 2.0 / err.size
+    return scale * x.T @ err, scale * err.sum(axis=0)
+
+
+def _local_numpy(w0, b0, x, y, mu=0.0, sign=1.0, momentum=0.0, frozen=()):
+    """Plain numpy replay of local SGD over batches of 2 with a proximal term."""
+    w, b = w0.copy(), b0.copy()
+    vw, vb = np.zeros_like(w), np.zeros_like(b)
+    for i in range(0, len(x), 2):
+        gw, gb = _grads(w, b, x[i : i + 2], y[i : i + 2])
+        gw = gw + sign * mu * (w - w0)
+        gb = gb + sign * mu * (b - b0)
+        if "kernel" in frozen:
+            gw = np.zeros_like(gw)
+        if "bias" in frozen:
+            gb = np.zeros_like(gb)
+        vw, vb = momentum * vw + gw, momentum * vb + gb
+        w, b = w - LR * vw, b - LR * vb
+    return w, b, len(x)
+
+
+def _round_numpy(w, b, clients, **kwargs):
+    """One FedAvg round (example-weighted mean of client models)."""
+    results = [_local_numpy(w, b, x, y, **kwargs) for x, y in clients]
+    n = np.array([r[2] for r in results], np.float64)
+    w_new = sum(r[0] * k for r, k in zip(results, n, strict=True)) / n.sum()
+    b_new = sum(r[1] * k for r, k in zip(results, n, strict=True)) / n.sum()
+    return w_new, b_new
+
+
+def _clients(sizes=(6, 4, 2)):
+    return [(x[:n], y[:n]) for (x, y), n in zip(CLIENTS, sizes, strict=True)]
+
+
+def test_fedavg_composition_equals_tff_fedavg_bit_for_bit():
+    ours = build_learning_process(
+        model_fn, client_optimizer=tff.learning.optimizers.build_sgdm(LR, momentum=0.9)
+    )
+    theirs = tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(LR, momentum=0.9)
+    )
+    data = [_dataset(x, y) for x, y in _clients()]
+    a, b = ours.initialize(), theirs.initialize()
+    for _ in range(3):
+        out_a, out_b = ours.next(a, data), theirs.next(b, data)
+        a, b = out_a.state, out_b.state
+        for wa, wb in zip(
+            ours.get_model_weights(a).trainable, theirs.get_model_weights(b).trainable, strict=True
+        ):
+            np.testing.assert_array_equal(wa, wb)
+        assert out_a.metrics["client_work"]["train"] == out_b.metrics["client_work"]["train"]
+
+
+def test_fedprox_matches_numpy_with_the_proximal_gradient_pulling_back():
+    mu = 0.5
+    process = build_learning_process(
+        model_fn,
+        client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+        proximal_strength=mu,
+    )
+    clients = _clients()
+    data = [_dataset(x, y) for x, y in clients]
+    state = process.initialize()
+    w, b = _initial()
+    for _ in range(3):
+        state = process.next(state, data).state
+        w, b = _round_numpy(w, b, clients, mu=mu)
+        got = process.get_model_weights(state).trainable
+        np.testing.assert_allclose(got[0], w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], b, rtol=1e-5, atol=1e-6)
+    # The term matters: the same rounds without it end elsewhere.
+    w0, b0 = _initial()
+    for _ in range(3):
+        w0, b0 = _round_numpy(w0, b0, clients)
+    assert np.abs(w0 - w).max() > 1e-3
+
+
+def test_tff_fed_prox_pushes_away_from_the_global_model():
+    """Why keras_luar has its own client work: TFF 0.87's FedProx flips the sign."""
+    mu = 0.5
+    process = tff.learning.algorithms.build_weighted_fed_prox(
+        model_fn,
+        proximal_strength=mu,
+        client_optimizer_fn=tff.learning.optimizers.build_sgdm(LR),
+    )
+    clients = _clients()
+    state = process.next(process.initialize(), [_dataset(x, y) for x, y in clients]).state
+    got = process.get_model_weights(state).trainable[0]
+    flipped, _ = _round_numpy(*_initial(), clients, mu=mu, sign=-1.0)
+    correct, _ = _round_numpy(*_initial(), clients, mu=mu, sign=1.0)
+    np.testing.assert_allclose(got, flipped, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - correct).max() > 1e-4
+
+
+def test_trainable_schedule_freezes_variables_exactly():
+    def schedule(round_num):
+        # Even rounds train the kernel only, odd rounds the bias only.
+        even = tf.equal(round_num % 2, 0)
+        return tf.stack([even, tf.logical_not(even)])
+
+    process = build_learning_process(
+        model_fn,
+        client_optimizer=tff.learning.optimizers.build_sgdm(LR, momentum=0.9),
+        trainable_schedule=schedule,
+    )
+    clients = _clients()
+    data = [_dataset(x, y) for x, y in clients]
+    state = process.initialize()
+    w, b = _initial()
+    for t in range(4):
+        before = [np.copy(v) for v in process.get_model_weights(state).trainable]
+        state = process.next(state, data).state
+        after = process.get_model_weights(state).trainable
+        frozen = ("bias",) if t % 2 == 0 else ("kernel",)
+        w, b = _round_numpy(w, b, clients, momentum=0.9, frozen=frozen)
+        if t % 2 == 0:
+            np.testing.assert_array_equal(after[1], before[1])
+        else:
+            np.testing.assert_array_equal(after[0], before[0])
+        np.testing.assert_allclose(after[0], w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(after[1], b, rtol=1e-5, atol=1e-6)
+
+
+def test_uniform_weighting_and_non_finite_clients():
+    work = build_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR), client_weighting="uniform")
+    weights = tff.learning.models.ModelWeights(trainable=tuple(_initial()), non_trainable=())
+    x, y = CLIENTS[0]
+    bad_y = y.copy()
+    bad_y[0, 0] = np.nan
+    out = work.next(
+        work.initialize(), [weights, weights], [_dataset(x, y), _dataset(x, bad_y)]
+    )
+    good, bad = out.result
+    assert good.update_weight == 1.0
+    assert bad.update_weight == 0.0
+    assert all(np.all(u == 0) for u in bad.update)
+    w, b, _ = _local_numpy(*_initial(), x, y)
+    np.testing.assert_allclose(good.update[0], _initial()[0] - w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"proximal_strength": -0.1}, ValueError, r"proximal_strength.*-0.1"),
+        ({"client_weighting": "by_size"}, ValueError, r"client_weighting.*by_size"),
+    ],
+)
+def test_bad_configuration(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        build_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR), **kwargs)
