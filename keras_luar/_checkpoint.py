@@ -6,6 +6,8 @@ small ``progress.json`` (completed rounds, the History so far and a
 fingerprint of the run's configuration) is written after the state, by an
 atomic rename, so it only ever points at a state that was completely
 written: an interruption during a save leaves the previous round usable.
+Methods with per-client state (LBGM, FedLAMA) also save those states, one
+``clients-<round>.npz`` per round, written before ``progress.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 _PROGRESS = "progress.json"
@@ -63,9 +66,26 @@ class RoundCheckpoint:
     def _progress_path(self) -> str:
         return os.path.join(self.directory, _PROGRESS)
 
-    def save(self, state, rounds_done: int, history: dict) -> None:
-        """Saves `state` after `rounds_done` rounds, then records the progress."""
+    def _clients_path(self, rounds_done: int) -> str:
+        return os.path.join(self.directory, f"clients-{rounds_done}.npz")
+
+    def save(
+        self, state, rounds_done: int, history: dict, client_states: dict | None = None
+    ) -> None:
+        """Saves `state` (and per-client states) after `rounds_done` rounds, then the progress."""
         run_sync(self._manager.save(state, version=rounds_done))
+        if client_states:
+            arrays = {
+                f"{cid}/{j}": np.asarray(leaf)
+                for cid, value in client_states.items()
+                for j, leaf in enumerate(tf.nest.flatten(value))
+            }
+            tmp = self._clients_path(rounds_done) + ".tmp.npz"
+            np.savez(tmp, **arrays)
+            os.replace(tmp, self._clients_path(rounds_done))
+            stale = self._clients_path(rounds_done - 2)
+            if os.path.exists(stale):
+                os.remove(stale)
         progress = {
             "rounds_done": rounds_done,
             "fingerprint": self.fingerprint,
@@ -76,8 +96,11 @@ class RoundCheckpoint:
             json.dump(progress, f)
         os.replace(tmp, self._progress_path)
 
-    def restore(self, template) -> tuple[Any, int, dict] | None:
-        """Returns ``(state, rounds_done, history)``, or None for an empty directory.
+    def restore(self, template, client_template=None) -> tuple[Any, int, dict, dict] | None:
+        """Returns ``(state, rounds_done, history, client_states)``, or None if empty.
+
+        `client_template` is the structure of one client's state (None for
+        methods without client state).
 
         Raises:
           ValueError: If the directory holds a run with another configuration.
@@ -99,4 +122,14 @@ class RoundCheckpoint:
             )
         rounds_done = int(progress["rounds_done"])
         state = run_sync(self._manager.load(rounds_done, template))
-        return state, rounds_done, progress["history"]
+        client_states: dict = {}
+        if client_template is not None and os.path.exists(self._clients_path(rounds_done)):
+            with np.load(self._clients_path(rounds_done)) as arrays:
+                leaves: dict[int, dict[int, np.ndarray]] = {}
+                for key in arrays.files:
+                    cid, j = key.split("/")
+                    leaves.setdefault(int(cid), {})[int(j)] = arrays[key]
+            for cid, parts in leaves.items():
+                flat = [parts[j] for j in range(len(parts))]
+                client_states[cid] = tf.nest.pack_sequence_as(client_template, flat)
+        return state, rounds_done, progress["history"], client_states

@@ -24,12 +24,14 @@ from keras_luar._keras_compat import (
 )
 from keras_luar._validation import check_int
 from keras_luar.aggregators import LuarFactory, with_global_weight_norms
-from keras_luar.aggregators.luar import ClientWeighting
+from keras_luar.algorithms import registry
+from keras_luar.algorithms.client_work import build_learning_process
+from keras_luar.algorithms.stateful import StatefulClientProcess
 from keras_luar.data.clients import as_client_datasets, check_client_datasets
 from keras_luar.data.records import read_client_records, write_client_records
 from keras_luar.optimizers import to_tff_optimizer
 
-ALGORITHMS = ("fedluar", "fedavg")
+ALGORITHMS = tuple(registry.ALGORITHMS)
 
 
 class FederatedTrainer:
@@ -41,21 +43,39 @@ class FederatedTrainer:
       loss: A Keras loss, as in `model.compile`.
       metrics: Keras metrics, as in `model.compile` (``"accuracy"`` is resolved
         from the loss, as Keras does).
-      algorithm: ``"fedluar"`` or ``"fedavg"`` (δ = 0).
-      num_recycled_layers: FedLUAR's δ; ignored for ``"fedavg"``.
+      algorithm: One of ``"fedavg"``, ``"fedluar"``, ``"fedprox"``,
+        ``"fedopt"``, ``"fedpaq"``, ``"fedlama"``, ``"lbgm"``, ``"fedpart"``
+        (see `keras_luar.algorithms.registry.ALGORITHMS`).
+      num_recycled_layers: LUAR's δ. None means 2 for ``"fedluar"`` and 0
+        (no recycling) otherwise; δ > 0 puts LUAR on top of ``"fedprox"``,
+        ``"fedopt"`` and ``"fedpaq"``. Always 0 for ``"fedavg"``; the other
+        methods do not take it.
       local_steps: τ, local optimizer steps per client per round.
       batch_size: Local batch size for unbatched client data.
       client_optimizer: A Keras optimizer (SGD, Adam, RMSprop, Adagrad) or a
         `tff.learning.optimizers.Optimizer`; defaults to SGD(0.01, momentum=0.9).
         Each client starts every round with fresh optimizer state.
       server_optimizer: None applies the aggregated update as is (the paper);
-        otherwise an optimizer as above, given the aggregated update (FedOpt).
-      client_weighting: ``"uniform"`` (official FedLUAR) or ``"example"``.
-      seed: Seeds client sampling (by (seed, round)), local shuffling and LUAR.
+        otherwise an optimizer as above, given the aggregated update.
+        Required by ``"fedopt"`` (the paper uses SGD with learning rate 0.9 on
+        CIFAR-10 and 1.2 on FEMNIST).
+      client_weighting: ``"uniform"`` or ``"example"``; None takes the
+        method's own (uniform for FedAvg/FedLUAR as in the official code,
+        example-weighted for FedLAMA, LBGM and FedPart).
+      seed: Seeds client sampling (by (seed, round)), local shuffling and the
+        methods' randomness.
+      **algorithm_options: The chosen algorithm's options: ``proximal_strength``
+        (FedProx μ, default 0.001), ``quantization_levels`` (FedPAQ s, default
+        16), ``aggregation_interval`` and ``fedavg_rounds`` (FedLAMA φ = 2 and
+        its 8 FedAvg warm-up rounds), ``lbgm_threshold`` and ``error_feedback``
+        (LBGM), ``warmup_rounds``, ``rounds_per_group``,
+        ``full_rounds_between_cycles`` and ``groups`` (FedPart).
 
     Raises:
-      TypeError: For a model TFF cannot wrap (subclassed) or bad argument types.
-      ValueError: For bad values, e.g. δ not below the number of candidates.
+      TypeError: For a model TFF cannot wrap (subclassed), bad argument types
+        or an option the algorithm does not take.
+      ValueError: For bad values, e.g. an unknown algorithm (the message lists
+        the known ones) or δ not below the number of candidates.
 
     Examples:
       >>> trainer = FederatedTrainer(model, loss=loss, metrics=["accuracy"])  # doctest: +SKIP
@@ -69,13 +89,14 @@ class FederatedTrainer:
         loss: Any,
         metrics: list | None = None,
         algorithm: str = "fedluar",
-        num_recycled_layers: int = 2,
+        num_recycled_layers: int | None = None,
         local_steps: int = 20,
         batch_size: int = 20,
         client_optimizer: Any = None,
         server_optimizer: Any = None,
-        client_weighting: ClientWeighting = "uniform",
+        client_weighting: str | None = None,
         seed: int = 0,
+        **algorithm_options: Any,
     ):
         if not isinstance(model, tf.keras.Model):
             raise TypeError(
@@ -90,14 +111,21 @@ class FederatedTrainer:
                 f"are fine). Received: a subclassed {type(model).__name__}"
             )
         self._layout = layers.describe_model(model)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"Invalid value for argument `algorithm`. Expected one of {ALGORITHMS}. "
-                f"Received: algorithm={algorithm!r}"
-            )
+        spec, options = registry.resolve(algorithm, algorithm_options)
+        if num_recycled_layers is None:
+            num_recycled_layers = 2 if algorithm == "fedluar" else 0
         delta = check_int("num_recycled_layers", num_recycled_layers, 0)
+        if delta > 0 and not spec.luar and algorithm != "fedavg":
+            takes = ", ".join(n for n, s in registry.ALGORITHMS.items() if s.luar)
+            raise ValueError(
+                f"Invalid value for argument `num_recycled_layers`. Algorithm {algorithm!r} "
+                f"cannot use LUAR as its aggregation step (those that can: {takes}). "
+                f"Received: num_recycled_layers={delta}"
+            )
         self.algorithm = algorithm
-        self.num_recycled_layers = delta if algorithm == "fedluar" else 0
+        self.algorithm_options = options
+        self._spec = spec
+        self.num_recycled_layers = 0 if algorithm == "fedavg" else delta
         num_candidates = self._layout.num_candidates
         if self.num_recycled_layers > 0 and self.num_recycled_layers >= num_candidates:
             names = ", ".join(self._layout.candidate_names) or "none"
@@ -109,6 +137,8 @@ class FederatedTrainer:
         self.local_steps = check_int("local_steps", local_steps, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.seed = check_int("seed", seed, 0)
+        if client_weighting is None:
+            client_weighting = spec.client_weighting
         if client_weighting not in ("uniform", "example"):
             raise ValueError(
                 "Invalid value for argument `client_weighting`. Expected 'uniform' or "
@@ -121,6 +151,12 @@ class FederatedTrainer:
         if client_optimizer is None:
             client_optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
         self._client_optimizer = to_tff_optimizer(client_optimizer, "client_optimizer")
+        if algorithm == "fedopt" and server_optimizer is None:
+            raise ValueError(
+                "Invalid value for argument `server_optimizer`. Algorithm 'fedopt' needs a "
+                "server optimizer, e.g. tf.keras.optimizers.SGD(1.2) (the paper's FEMNIST "
+                "setting) or tf.keras.optimizers.Adam(0.01). Received: server_optimizer=None"
+            )
         self._server_optimizer = (
             tff.learning.optimizers.build_sgdm(1.0)
             if server_optimizer is None
@@ -138,6 +174,14 @@ class FederatedTrainer:
         self.model = model
         # Names recycled in the round that just ended (readable from callbacks).
         self.last_recycled_layers: list[str] = []
+        # Per trainable variable: rounds in which its fresh aggregate was applied
+        # (fractional for LBGM's per-client decisions); the paper's Figure 3.
+        self.aggregation_counts: dict[str, float] = {v.name: 0.0 for v in self._layout.trainable}
+        self._groups = None
+        if algorithm == "fedpart":
+            from keras_luar.algorithms.fedpart import layer_groups
+
+            self._groups = layer_groups(model, groups=options["groups"])
         if self._layout.non_trainable:
             warnings.warn(
                 "The model has non-trainable variables "
@@ -165,21 +209,65 @@ class FederatedTrainer:
                 metrics=[f() for f in metric_fns],
             )
 
+        process = self._build_algorithm(model_fn)
+        restore_keras_v2_classes(self.model)
+        return process
+
+    def _build_algorithm(self, model_fn):
+        name, options = self.algorithm, self.algorithm_options
+        common = dict(
+            client_optimizer=self._client_optimizer,
+            server_optimizer=self._server_optimizer,
+        )
+        if name == "fedlama":
+            from keras_luar.algorithms.fedlama import build_fedlama
+
+            return build_fedlama(
+                model_fn, **common, local_steps=self.local_steps, seed=self.seed,
+                client_weighting=self.client_weighting,
+                aggregation_interval=options["aggregation_interval"],
+                fedavg_rounds=options["fedavg_rounds"],
+            )  # fmt: skip
+        if name == "lbgm":
+            from keras_luar.algorithms.lbgm import build_lbgm
+
+            return build_lbgm(
+                model_fn, **common, local_steps=self.local_steps, seed=self.seed,
+                client_weighting=self.client_weighting,
+                threshold=options["lbgm_threshold"], error_feedback=options["error_feedback"],
+            )  # fmt: skip
+        if name == "fedpart":
+            from keras_luar.algorithms.fedpart import build_fedpart
+
+            return build_fedpart(
+                model_fn, **common, groups=self._groups, local_steps=self.local_steps,
+                seed=self.seed, client_weighting=self.client_weighting,
+                warmup_rounds=options["warmup_rounds"],
+                rounds_per_group=options["rounds_per_group"],
+                full_rounds_between_cycles=options["full_rounds_between_cycles"],
+            )  # fmt: skip
+        # FedAvg, FedLUAR, FedProx, FedOpt and FedPAQ: TFF's FedAvg composition with
+        # LuarFactory as the aggregation step (δ = 0 is exactly its inner aggregation).
+        inner = None
+        if name == "fedpaq":
+            from keras_luar.aggregators import QuantizationFactory
+
+            inner = QuantizationFactory(options["quantization_levels"], seed=self.seed)
         factory = LuarFactory(
             self.num_recycled_layers,
             seed=self.seed,
+            inner_factory=inner,
             client_weighting=self.client_weighting,
             variable_names=[v.name for v in self._layout.trainable],
         )
-        process = tff.learning.algorithms.build_weighted_fed_avg(
+        process = build_learning_process(
             model_fn,
-            client_optimizer_fn=self._client_optimizer,
-            server_optimizer_fn=self._server_optimizer,
+            **common,
             model_aggregator=factory,
+            proximal_strength=options.get("proximal_strength", 0.0) if name == "fedprox" else 0.0,
+            client_weighting="example",  # LuarFactory applies `client_weighting` itself
         )
-        process = with_global_weight_norms(process)
-        restore_keras_v2_classes(self.model)
-        return process
+        return with_global_weight_norms(process)
 
     def _prepare(self, ds, batched, shuffle_seed, buffer):
         """One round's local data of a client: τ batches, shuffled unless pre-batched."""
@@ -276,7 +364,9 @@ class FederatedTrainer:
                 f"clients_per_round={clients_per_round}"
             )
         if verbose not in (0, 1, 2):
-            raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
+            raise ValueError(
+                f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}"
+            )
         batched = check_client_datasets(
             datasets,
             input_rank=len(self.model.input_shape),
@@ -314,35 +404,51 @@ class FederatedTrainer:
         process = self._build_process(
             self._round_dataset(sources[client_ids[0]], batched, 0, 0, 1).element_spec
         )
+        stateful = isinstance(process, StatefulClientProcess)
+        period = process.client_period if stateful else 1
         state = process.initialize()
         weights = tff.learning.models.ModelWeights.from_model(self.model)
-        state = process.set_model_weights(state, tf.nest.map_structure(lambda v: v.numpy(), weights))
+        state = process.set_model_weights(
+            state, tf.nest.map_structure(lambda v: v.numpy(), weights)
+        )
+        client_states: dict[int, Any] = {}
+        fresh_client_state = process.initial_client_state() if stateful else None
 
         checkpoint = None
         history_entries: dict[str, list] = {}
         start_round = 0
         if checkpoint_dir is not None:
-            checkpoint = RoundCheckpoint(checkpoint_dir, self._fingerprint(len(sources), clients_per_round))
-            restored = checkpoint.restore(state)  # any state of this process is a template
+            checkpoint = RoundCheckpoint(
+                checkpoint_dir, self._fingerprint(len(sources), clients_per_round)
+            )
+            restored = checkpoint.restore(state, fresh_client_state)  # templates of this process
             if restored is not None:
-                state, start_round, history_entries = restored
+                state, start_round, history_entries, client_states = restored
                 process.get_model_weights(state).assign_weights_to(self.model)
 
         history = tf.keras.callbacks.History()
         callback_list = tf.keras.callbacks.CallbackList(
-            list(callbacks or []) + [history], add_history=False, add_progbar=False, model=self.model
+            list(callbacks or []) + [history],
+            add_history=False,
+            add_progbar=False,
+            model=self.model,
         )
         history.history = {k: list(v) for k, v in history_entries.items()}
+        self.aggregation_counts = {v.name: 0.0 for v in self._layout.trainable}
+        for row in history.history.get("aggregated", []):
+            for name, value in zip(self.aggregation_counts, row, strict=True):
+                self.aggregation_counts[name] += float(value)
         progbar = None
         if verbose == 1:
             progbar = tf.keras.utils.Progbar(rounds, verbose=1, unit_name="round")
             progbar.stateful_metrics = EveryName()  # the constructor would copy it to a set
         if progbar is not None and start_round:
             progbar.update(start_round)
-        fedavg_params = self._layout.trainable_size
-        uploaded = float(np.sum(history.history.get("upload_params", [])))
-        fedavg_uploaded = float(start_round * clients_per_round * fedavg_params)
+        fedavg_bytes = self._layout.trainable_bytes
+        uploaded = float(np.sum(history.history.get("upload_bytes", [])))
+        fedavg_uploaded = float(start_round * clients_per_round * fedavg_bytes)
         client_lr = self._client_learning_rate(process, state)
+        uses_luar = self._spec.luar or self.algorithm == "fedavg"
         self.model.stop_training = False
         callback_list.on_train_begin()
         try:
@@ -350,52 +456,95 @@ class FederatedTrainer:
                 callback_list.on_epoch_begin(round_num)
                 state, client_lr = self._sync_learning_rate(process, state, client_lr)
                 began = time.perf_counter()
-                chosen = self._sample(len(client_ids), clients_per_round, round_num)
+                # Methods that keep clients for several rounds (FedLAMA) re-sample only
+                # at the start of each period.
+                chosen = self._sample(
+                    len(client_ids), clients_per_round, round_num - round_num % period
+                )
                 round_data = [
                     self._round_dataset(
                         sources[client_ids[i]], batched, round_num, int(i), counts[client_ids[i]]
                     )
                     for i in chosen
                 ]
-                output = process.next(state, round_data)
+                if stateful:
+                    states_in = [client_states.get(int(i), fresh_client_state) for i in chosen]
+                    output = process.next(state, round_data, states_in)
+                    client_states.update(
+                        zip((int(i) for i in chosen), output.client_states, strict=True)
+                    )
+                else:
+                    output = process.next(state, round_data)
                 state = output.state
                 process.get_model_weights(state).assign_weights_to(self.model)
                 round_time = time.perf_counter() - began
-                luar = output.metrics["aggregator"]["luar"]
-                uploaded += float(luar["upload_params"])
-                fedavg_uploaded += float(clients_per_round * fedavg_params)
+                report = self._round_report(output.metrics)
+                uploaded += report["upload_bytes"]
+                fedavg_uploaded += float(clients_per_round * fedavg_bytes)
                 logs = {
                     k: float(v)
                     for k, v in output.metrics["client_work"]["train"].items()
                     if k not in ("num_examples", "num_batches")
                 }
                 logs.update(
-                    upload_params=float(luar["upload_params"]),
-                    upload_bytes=float(luar["upload_bytes"]),
+                    upload_params=report["upload_params"],
+                    upload_bytes=report["upload_bytes"],
                     comm_cost=uploaded / fedavg_uploaded,
-                    num_recycled=float(luar["num_recycled"]),
-                    num_dropped_clients=float(luar["num_dropped_clients"]),
-                    round_time=round_time,
                 )
+                if uses_luar:
+                    logs.update(
+                        num_recycled=report["num_recycled"],
+                        num_dropped_clients=report["num_dropped_clients"],
+                    )
+                logs["round_time"] = round_time
                 if validation_data is not None:
                     val = self.model.evaluate(validation_data, verbose=0, return_dict=True)
                     logs.update({f"val_{k}": float(v) for k, v in val.items()})
-                recycled = [
-                    n
-                    for n, m in zip(self._layout.candidate_names, np.asarray(luar["recycled"]), strict=True)
-                    if m
-                ]
-                self.last_recycled_layers = recycled
+                self.last_recycled_layers = report["recycled"]
+                for name, value in zip(self.aggregation_counts, report["aggregated"], strict=True):
+                    self.aggregation_counts[name] += value
                 callback_list.on_epoch_end(round_num, logs)
-                history.history.setdefault("recycled_layers", []).append(recycled)
+                if uses_luar:
+                    history.history.setdefault("recycled_layers", []).append(report["recycled"])
+                history.history.setdefault("aggregated", []).append(report["aggregated"])
                 if checkpoint is not None:
-                    checkpoint.save(state, round_num + 1, history.history)
+                    checkpoint.save(state, round_num + 1, history.history, client_states)
                 self._report(progbar, verbose, round_num, rounds, logs)
                 if self.model.stop_training:
                     break
         finally:
             callback_list.on_train_end()
         return history
+
+    def _round_report(self, metrics) -> dict:
+        """Upload, recycled names and per-variable aggregation of one round's metrics."""
+        luar = _find(metrics, "luar")
+        if luar is not None:
+            recycled_mask = np.asarray(luar["recycled"], bool)
+            aggregated = np.ones(len(self._layout.trainable))
+            aggregated[list(self._layout.candidate_indices)] = ~recycled_mask
+            if int(luar["num_clients"]) == int(luar["num_dropped_clients"]):
+                aggregated[:] = 0.0
+            recycled = [
+                n for n, m in zip(self._layout.candidate_names, recycled_mask, strict=True) if m
+            ]
+            return dict(
+                upload_params=float(luar["upload_params"]),
+                upload_bytes=float(luar["upload_bytes"]),
+                num_recycled=float(luar["num_recycled"]),
+                num_dropped_clients=float(luar["num_dropped_clients"]),
+                recycled=recycled,
+                aggregated=[float(a) for a in aggregated],
+            )
+        comm = _find(metrics, "communication")
+        if comm is None:  # pragma: no cover - every registered algorithm reports it
+            raise RuntimeError(f"Algorithm {self.algorithm!r} reported no communication.")
+        return dict(
+            upload_params=float(comm["upload_params"]),
+            upload_bytes=float(comm["upload_bytes"]),
+            recycled=[],
+            aggregated=[float(a) for a in np.asarray(comm["aggregated"], np.float64)],
+        )
 
     def evaluate(self, data: Any, **kwargs: Any) -> Any:
         """Evaluates the global model like `model.evaluate`.
@@ -433,6 +582,8 @@ class FederatedTrainer:
     def _fingerprint(self, num_clients, clients_per_round) -> dict:
         return {
             "algorithm": self.algorithm,
+            "algorithm_options": {k: v for k, v in self.algorithm_options.items()},
+            "client_weighting": self.client_weighting,
             "num_recycled_layers": self.num_recycled_layers,
             "seed": self.seed,
             "local_steps": self.local_steps,
@@ -452,6 +603,18 @@ class FederatedTrainer:
             print(f"Round {round_num + 1}/{rounds} - {text}", flush=True)
 
 
+def _find(metrics, key: str):
+    """The first value stored under `key` anywhere in nested metrics, or None."""
+    if isinstance(metrics, dict):
+        if key in metrics:
+            return metrics[key]
+        for value in metrics.values():
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None
+
+
 def _count(ds: tf.data.Dataset) -> int:
     cardinality = int(ds.cardinality())
     return cardinality if cardinality >= 0 else int(ds.reduce(0, lambda n, _: n + 1))
@@ -463,7 +626,9 @@ def _may_exceed(datasets, batched: bool, limit: int) -> bool:
     if batched or not all(s.shape.is_fully_defined() for s in specs):
         return True
     element = sum(s.shape.num_elements() * s.dtype.size for s in specs)
-    return any(ds.cardinality() < 0 or int(ds.cardinality()) * element > limit for ds in datasets.values())
+    return any(
+        ds.cardinality() < 0 or int(ds.cardinality()) * element > limit for ds in datasets.values()
+    )
 
 
 def _on_disk(datasets, batched: bool, directory: str):
@@ -474,4 +639,6 @@ def _on_disk(datasets, batched: bool, directory: str):
     """
     paths, counts = write_client_records(datasets, directory, stacked=not batched)
     spec = next(iter(datasets.values())).element_spec
-    return {cid: read_client_records(paths[cid], spec, stacked=not batched) for cid in datasets}, counts
+    return {
+        cid: read_client_records(paths[cid], spec, stacked=not batched) for cid in datasets
+    }, counts

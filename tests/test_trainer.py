@@ -77,6 +77,7 @@ def test_history_structure_and_accounting():
     expected = {
         "loss", "accuracy", "val_loss", "val_accuracy", "upload_params", "upload_bytes",
         "comm_cost", "num_recycled", "num_dropped_clients", "round_time", "recycled_layers",
+        "aggregated",
     }  # fmt: skip
     assert set(history.history) == expected
     assert all(len(v) == ROUNDS for v in history.history.values())
@@ -89,6 +90,15 @@ def test_history_structure_and_accounting():
         expected_upload = PER_ROUND * (TOTAL_PARAMS - sizes[recycled[0]])
         assert history.history["upload_params"][t] == expected_upload
         assert history.history["upload_bytes"][t] == 4 * expected_upload
+    # Per trainable variable: 1 when its fresh aggregate was applied, 0 when recycled.
+    names = [v.name for v in trainer.layout.trainable]
+    for t in range(ROUNDS):
+        row = history.history["aggregated"][t]
+        assert row == [0.0 if n in history.history["recycled_layers"][t] else 1.0 for n in names]
+    assert trainer.aggregation_counts == {
+        n: sum(row[i] for row in history.history["aggregated"]) for i, n in enumerate(names)
+    }
+    assert sum(trainer.aggregation_counts.values()) == ROUNDS * len(names) - (ROUNDS - 1)
     for t in range(ROUNDS):
         sent = sum(history.history["upload_params"][: t + 1])
         assert history.history["comm_cost"][t] == pytest.approx(
@@ -318,7 +328,8 @@ def test_delta_not_below_candidates_names_them():
 
 
 def test_unknown_algorithm_lists_known_ones():
-    with pytest.raises(ValueError, match=r"one of \('fedluar', 'fedavg'\).*'fedsgd'"):
+    known = r"'fedavg', 'fedluar', 'fedprox', 'fedopt', 'fedpaq', 'fedlama', 'lbgm', 'fedpart'"
+    with pytest.raises(ValueError, match=rf"one of \({known}\).*'fedsgd'"):
         _trainer(algorithm="fedsgd")
 
 
