@@ -1,0 +1,94 @@
+"""Every algorithm through `FederatedTrainer`: wiring, accounting, options and their errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_luar.aggregators import QuantizationFactory
+from test_trainer import PER_ROUND, TOTAL_PARAMS, _client_data, _model, _trainer, _weights
+
+ROUNDS = 3
+
+
+def _run(rounds=ROUNDS, **kwargs):
+    kwargs.setdefault("num_recycled_layers", None)
+    trainer = _trainer(**kwargs)
+    history = trainer.fit(_client_data(), rounds=rounds, clients_per_round=PER_ROUND, verbose=0)
+    return trainer, history
+
+
+def _comparable(history):
+    return {k: v for k, v in history.history.items() if k != "round_time"}
+
+
+def test_fedprox_without_proximal_term_is_fedluar_and_with_it_differs():
+    luar, luar_history = _run(algorithm="fedluar", num_recycled_layers=1)
+    prox0, prox0_history = _run(algorithm="fedprox", num_recycled_layers=1, proximal_strength=0.0)
+    assert _comparable(prox0_history) == _comparable(luar_history)
+    for a, b in zip(_weights(luar.model), _weights(prox0.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    prox, prox_history = _run(algorithm="fedprox", num_recycled_layers=1, proximal_strength=0.5)
+    assert prox_history.history["recycled_layers"][0] == []
+    assert max(np.abs(a - b).max() for a, b in zip(_weights(luar.model), _weights(prox.model), strict=True)) > 1e-4
+
+
+def test_fedopt_applies_the_server_learning_rate_to_the_aggregate():
+    initial = _weights(_model())
+    avg, _ = _run(rounds=1, algorithm="fedavg")
+    opt, history = _run(rounds=1, algorithm="fedopt", server_optimizer=tf.keras.optimizers.SGD(1.5))
+    for w0, wa, wo in zip(initial, _weights(avg.model), _weights(opt.model), strict=True):
+        np.testing.assert_allclose(wo, w0 + 1.5 * (wa - w0), rtol=1e-5, atol=1e-6)
+    assert history.history["comm_cost"] == [1.0]
+
+
+def test_fedopt_with_luar_recycles_before_the_server_step():
+    _, history = _run(
+        algorithm="fedopt", num_recycled_layers=1, server_optimizer=tf.keras.optimizers.SGD(1.2)
+    )
+    assert [len(r) for r in history.history["recycled_layers"]] == [0, 1, 1]
+    assert history.history["comm_cost"][-1] < 1.0
+
+
+@pytest.mark.parametrize("delta", [0, 1])
+def test_fedpaq_counts_quantized_bytes(delta):
+    trainer, history = _run(algorithm="fedpaq", quantization_levels=8, num_recycled_layers=delta)
+    quantizer = QuantizationFactory(8)
+    sizes = {v.name: quantizer.encoded_bytes(v.shape, tf.float32) for v in trainer.layout.trainable}
+    full = sum(sizes.values())
+    for t in range(ROUNDS):
+        sent = full - sum(sizes[n] for n in history.history["recycled_layers"][t])
+        assert history.history["upload_bytes"][t] == PER_ROUND * sent
+    expected = np.cumsum(history.history["upload_bytes"]) / (
+        np.arange(1, ROUNDS + 1) * PER_ROUND * 4 * TOTAL_PARAMS
+    )
+    np.testing.assert_allclose(history.history["comm_cost"], expected)
+    # s = 8: 4 level bits + 1 sign bit a coordinate, plus a float norm per tensor.
+    if delta == 0:
+        assert 5 / 32 < history.history["comm_cost"][0] < 5 / 32 + 6 * 4 / (4 * TOTAL_PARAMS) + 0.01
+    assert all(math.isfinite(v) for v in history.history["loss"])
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"algorithm": "fedavg", "lbgm_threshold": 0.5}, TypeError, r"'lbgm_threshold'.*'fedavg'"),
+        ({"algorithm": "lbgm", "num_recycled_layers": 1}, ValueError, r"cannot use LUAR.*fedluar"),
+        ({"algorithm": "fedopt"}, ValueError, r"server_optimizer.*fedopt"),
+        ({"algorithm": "fedprox", "proximal_strength": -0.1}, ValueError, r"proximal_strength.*-0.1"),
+        ({"algorithm": "fedpaq", "quantization_levels": 0}, ValueError, r"quantization_levels.*0"),
+        ({"algorithm": "fedpaq", "quantization_levels": 2.5}, TypeError, r"quantization_levels"),
+        ({"algorithm": "fedlama", "aggregation_interval": 0}, ValueError, r"aggregation_interval"),
+        ({"algorithm": "lbgm", "lbgm_threshold": 1.5}, ValueError, r"lbgm_threshold.*\[0.0, 1.0\]"),
+        ({"algorithm": "lbgm", "lbgm_threshold": -0.1}, ValueError, r"lbgm_threshold"),
+        ({"algorithm": "fedpart", "warmup_rounds": -1}, ValueError, r"warmup_rounds.*-1"),
+        ({"algorithm": "fedpart", "rounds_per_group": 0}, ValueError, r"rounds_per_group"),
+    ],
+)
+def test_bad_algorithm_options_fail_at_construction(kwargs, error, match):
+    kwargs.setdefault("num_recycled_layers", None)
+    with pytest.raises(error, match=match):
+        _trainer(**kwargs)
