@@ -1,0 +1,485 @@
+"""LBGM, the look-back gradient multiplier, as a federated process with per-client state.
+
+LBGM (Azam et al., ICLR 2022) rests on the observation that the updates a
+client produces in successive rounds span a space of low rank, so a new update
+is often close to a multiple of an old one. Each client keeps, per trainable
+tensor, a *look-back gradient* g_lb: the last update of that tensor it sent
+in full. After local training the client forms its accumulated update g of
+the tensor and measures how well g_lb represents it:
+
+    ρ = <g, g_lb> / ||g_lb||²        (the best multiplier)
+    error = 1 − cos²(g, g_lb)        (= ||g − ρ·g_lb||² / ||g||²)
+
+If ``error <= threshold`` the client sends the single number ρ and the server,
+which holds its own copy of every client's g_lb, uses ρ·g_lb in place of g.
+Otherwise (and always while the client has no g_lb for the tensor) the client
+sends g in full, and both sides set g_lb ← g. So g_lb changes only on a full
+send, and the server's copy stays equal to the client's.
+
+Conventions of this implementation (and where it departs from the official code):
+
+* **The update.** g is the update accumulated over the round's τ local steps.
+  (The official federated loop takes one local step per round, so its g is
+  a single gradient.) Without a g_lb the client always sends in full; the
+  official code sets the error to 1 there, so with threshold 1 it would take
+  the scalar branch with no ρ.
+* **Sign.** g is TFF's client update, ``initial − trained`` (the negative of
+  the paper's Δ = trained − initial). ρ, the error and the decision are the
+  same under either sign; the reconstruction ρ·g_lb carries TFF's sign, and
+  the server optimizer receives the mean of the reconstructions as TFF's
+  finalizer does: with SGD(1), x_{t+1} = x_t − mean(ρ·g_lb or g).
+* **Simulation shortcut.** Because the server's copy of a client's g_lb equals
+  the client's, the client computes the reconstruction ρ·g_lb itself and the
+  simulation moves that dense tensor; the server never stores look-back
+  gradients. The accounting counts what a deployment sends: one float32 for
+  a tensor sent as a scalar, ``numel`` float32 for a tensor sent in full.
+* **Zero norms.** If g = 0, it is exactly 0·g_lb: error 0, ρ 0 (a scalar send
+  when the client has a g_lb). If g ≠ 0 and g_lb = 0: error 1, ρ 0. The
+  official code divides by zero in both cases.
+* **Error feedback** (``error_feedback=True``, off by default as in the
+  official experiments): the client keeps a residual r (zeros at first). Its
+  round-t update is g_t = (initial − trained) + r_{t−1}; the decision, ρ and
+  a new g_lb are all computed from this g_t. After a scalar send
+  r_t = g_t − ρ·g_lb, after a full send r_t = 0 (as in the official
+  ``lbgm_approximation``). Since r_t is orthogonal to g_lb, it leaves the
+  next ρ unchanged while g_lb stays the same: it acts through the error (the
+  next decision) and through the content of the next full send.
+* **Clients that do not take part** keep their state unchanged (the
+  official loop also trains the clients that were not sampled and updates
+  their residuals). A client
+  whose update or reconstruction is not finite is dropped from the average
+  (weight 0, update zeroed) and keeps its previous state too; its upload is
+  still counted as decided (a non-finite error always means a full send).
+* **Weighting.** ``client_weighting="example"`` (the default) weights a
+  client by the number of examples it trained on this round and
+  ``"uniform"`` by 1; the server takes the weighted mean over the
+  participating clients (zero if every weight is zero). The official code
+  multiplies each client's update by n_i/N, with n_i the client's data set
+  size and N the total over *all* clients, and sums over the sampled clients:
+  the same as the example-weighted mean under full participation, a smaller
+  step under partial participation.
+
+`variant="paper"` is the LBGM baseline of the FedLUAR paper (Kim, Kang & Lee,
+2025) as the project's ALGORITHMS.md summarises it (the FedLUAR repository
+holds no LBGM code): one decision for the whole model (ρ and the error
+are computed over all trainable tensors concatenated; a scalar send costs one
+float32 in all), default threshold 0.95, and g_lb ← g in *every* round, a
+scalar send included. A real server could not follow that last step (it never
+sees g after a scalar send); the simulation can, because the client computes
+the reconstruction.
+
+References:
+  Azam, Hosseinalipour, Qiu, Brinton. "Recycling Model Updates in Federated
+  Learning: Are Gradient Subspaces Low-Rank?", ICLR 2022. Official code:
+  https://github.com/shams-sam/FedOptim (``src/models/model_op.py``,
+  ``lbgm_approximation``).
+
+  Kim, Kang, Lee. "Layer-wise Update Aggregation with Recycling for
+  Communication-Efficient Federated Learning", 2025 (its LBGM baseline).
+"""
+
+from __future__ import annotations
+
+import collections
+import numbers
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from keras_luar.algorithms.local_training import (
+    all_finite,
+    build_local_training,
+    metrics_aggregator,
+)
+from keras_luar.algorithms.stateful import (
+    StatefulClientProcess,
+    StatefulOutput,
+    communication_measurements,
+    trainable_sizes,
+)
+
+ModelWeights = tff.learning.models.ModelWeights
+Variant = Literal["official", "paper"]
+
+DEFAULT_THRESHOLDS = {"official": 0.2, "paper": 0.95}
+BYTES_PER_FLOAT = 4  # every number sent counts as a float32
+
+
+def build_lbgm(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    *,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    server_optimizer: tff.learning.optimizers.Optimizer | None = None,
+    local_steps: int,
+    threshold: float | None = None,
+    error_feedback: bool = False,
+    client_weighting: Literal["example", "uniform"] = "example",
+    variant: Variant = "official",
+    seed: int = 0,
+) -> StatefulClientProcess:
+    """Builds LBGM as a `StatefulClientProcess` (each client keeps its look-back gradients).
+
+    Each round the sampled clients train from the global weights on the
+    batches they are given (the driver gives τ = `local_steps` batches), form
+    their update per trainable tensor, and send either the multiplier ρ or the
+    full tensor (see the module docstring). The server averages the
+    reconstructed updates and applies `server_optimizer`, as TFF's FedAvg does.
+    Non-trainable variables keep the server's values.
+
+    The client state is ``OrderedDict(look_back=[g_lb per trainable tensor],
+    has_look_back=bool[num_trainable])``, plus ``residual=[r per trainable
+    tensor]`` with error feedback. The server state is
+    ``OrderedDict(global_model_weights, client_hparams, server_optimizer)``.
+    The metrics are ``OrderedDict(client_work=OrderedDict(train=...),
+    communication=OrderedDict(upload_params, upload_bytes, aggregated),
+    lbgm=OrderedDict(scalar_fraction, mean_error, num_dropped_clients))``:
+    `aggregated` is, per trainable tensor, the fraction of participating
+    clients that sent it in full (and were not dropped); `scalar_fraction` the
+    fraction of (client, tensor) pairs sent as a scalar; `mean_error` the mean
+    projection error over the (finite client, tensor) pairs that had a g_lb
+    (0 if none).
+
+    Args:
+      model_fn: A no-argument callable returning a new
+        `tff.learning.models.VariableModel`.
+      client_optimizer: The clients' `tff.learning.optimizers.Optimizer`
+        (fresh optimizer state every round). Its hyper-parameters are the
+        server state's ``client_hparams``.
+      server_optimizer: A `tff.learning.optimizers.Optimizer` applied to the
+        averaged update; None is SGD with learning rate 1.
+      local_steps: τ, the number of batches each client trains on per round
+        (an int >= 1). The driver feeds that many batches; the process checks
+        the value only.
+      threshold: The largest projection error 1 − cos²(g, g_lb) that is sent
+        as a scalar, a float in [0, 1]. None is 0.2 for ``"official"`` (a
+        value of the official experiments) and 0.95 for ``"paper"``.
+        0 lets only exact multiples of g_lb through (in floating point: in
+        practice g = 0 or a bit-for-bit repeat of g_lb); 1 sends every
+        tensor as a scalar once a client has its g_lb.
+      error_feedback: Whether clients keep the residual of scalar sends and
+        add it to their next update.
+      client_weighting: ``"example"`` (a client's number of examples this
+        round) or ``"uniform"``.
+      variant: ``"official"`` (per-tensor decisions, g_lb changes only on a
+        full send) or ``"paper"`` (the FedLUAR paper's baseline: one decision
+        for the whole model, g_lb ← g every round).
+      seed: Accepted for the common builder signature; LBGM draws no random
+        numbers.
+
+    Returns:
+      A `keras_luar.algorithms.stateful.StatefulClientProcess`.
+
+    Raises:
+      TypeError: If `model_fn` is not callable or an optimizer is not a
+        `tff.learning.optimizers.Optimizer`.
+      ValueError: If `threshold`, `local_steps`, `error_feedback`,
+        `client_weighting`, `variant` or `seed` is invalid.
+
+    Examples:
+      >>> process = build_lbgm(  # doctest: +SKIP
+      ...     model_fn, client_optimizer=tff.learning.optimizers.build_sgdm(0.05),
+      ...     local_steps=20, threshold=0.2)
+      >>> state = process.initialize()  # doctest: +SKIP
+      >>> client_states = {c: process.initial_client_state() for c in ids}  # doctest: +SKIP
+      >>> out = process.next(state, [data[c] for c in chosen],  # doctest: +SKIP
+      ...                    [client_states[c] for c in chosen])
+
+    References:
+      Azam, Hosseinalipour, Qiu, Brinton. "Recycling Model Updates in
+      Federated Learning: Are Gradient Subspaces Low-Rank?", ICLR 2022.
+    """
+    threshold = _validate(
+        model_fn,
+        client_optimizer,
+        server_optimizer,
+        local_steps,
+        threshold,
+        error_feedback,
+        client_weighting,
+        variant,
+        seed,
+    )
+    if server_optimizer is None:
+        server_optimizer = tff.learning.optimizers.build_sgdm(1.0)
+    whole_model = variant == "paper"
+    uniform = client_weighting == "uniform"
+
+    with tf.Graph().as_default():
+        probe = model_fn()
+        aggregate_metrics = metrics_aggregator(probe)
+        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
+
+    @tff.tensorflow.computation()
+    def initial_weights():
+        return ModelWeights.from_model(model_fn())
+
+    weights_type = initial_weights.type_signature.result
+    trainable_types = list(weights_type.trainable)
+    num_trainable = len(trainable_types)
+    sizes = np.asarray(trainable_sizes(weights_type), np.int64)
+    hparams = client_optimizer.get_hparams(
+        client_optimizer.initialize(tf.TensorSpec([], tf.float32))
+    )
+    finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+        server_optimizer, weights_type
+    )
+
+    @tff.tensorflow.computation()
+    def initial_hparams():
+        return tf.nest.map_structure(tf.constant, hparams)
+
+    @tff.tensorflow.computation()
+    def initial_client_state():
+        zeros = [tf.zeros(t.shape, t.dtype) for t in trainable_types]
+        state = collections.OrderedDict(
+            look_back=zeros, has_look_back=tf.zeros([num_trainable], tf.bool)
+        )
+        if error_feedback:
+            state["residual"] = [tf.zeros(t.shape, t.dtype) for t in trainable_types]
+        return state
+
+    client_state_type = initial_client_state.type_signature.result
+    hparams_type = initial_hparams.type_signature.result
+
+    @tff.tensorflow.computation(hparams_type, weights_type, data_type, client_state_type)
+    def client_update(client_hparams, global_weights, data, client_state):
+        # Step 1: local training and the update g (TFF's sign: initial − trained).
+        _, train = build_local_training(model_fn, client_optimizer)
+        trained, num_examples, metrics = train(global_weights, data, client_hparams)
+        g = [
+            a - b
+            for a, b in zip(
+                tf.nest.flatten(global_weights.trainable),
+                tf.nest.flatten(trained.trainable),
+                strict=True,
+            )
+        ]
+        look_back = list(client_state["look_back"])
+        has_look_back = client_state["has_look_back"]
+        if error_feedback:
+            g = [gi + ri for gi, ri in zip(g, client_state["residual"], strict=True)]
+
+        # Step 2: projection of g on g_lb and the scalar/full decision.
+        dot = tf.stack([tf.reduce_sum(gi * li) for gi, li in zip(g, look_back, strict=True)])
+        g_sq = tf.stack([tf.reduce_sum(tf.square(gi)) for gi in g])
+        lb_sq = tf.stack([tf.reduce_sum(tf.square(li)) for li in look_back])
+        if whole_model:
+            # One decision for the concatenation of all tensors, shared by each of them.
+            dot, g_sq, lb_sq = (
+                tf.fill([num_trainable], tf.reduce_sum(s)) for s in (dot, g_sq, lb_sq)
+            )
+        rho, error = projection(dot, g_sq, lb_sq)
+        scalar = has_look_back & (error <= threshold) & tf.math.is_finite(error)
+
+        # Step 3: the update the server reconstructs, and whether to keep this client.
+        reconstruction = [
+            tf.where(scalar[i], rho[i] * look_back[i], g[i]) for i in range(num_trainable)
+        ]
+        finite = tf.logical_and(all_finite(g), all_finite(reconstruction))
+        weight = tf.constant(1.0) if uniform else tf.cast(num_examples, tf.float32)
+        weight = tf.where(finite, weight, 0.0)
+        # Multiplying by the weight alone would leave 0 * NaN = NaN in the sum.
+        weighted = [tf.where(finite, weight * r, tf.zeros_like(r)) for r in reconstruction]
+
+        # Step 4: the client's new state (unchanged for a dropped client).
+        if whole_model:
+            new_look_back = g
+        else:
+            new_look_back = [tf.where(scalar[i], look_back[i], g[i]) for i in range(num_trainable)]
+        new_state = collections.OrderedDict(
+            look_back=new_look_back, has_look_back=tf.ones([num_trainable], tf.bool)
+        )
+        if error_feedback:
+            new_state["residual"] = [
+                tf.where(scalar[i], g[i] - reconstruction[i], tf.zeros_like(g[i]))
+                for i in range(num_trainable)
+            ]
+        new_state = tf.nest.map_structure(
+            lambda new, old: tf.where(finite, new, old), new_state, client_state
+        )
+
+        # Step 5: what this client uploaded, for the accounting.
+        if whole_model:
+            upload = tf.where(scalar[0], tf.constant(1, tf.int64), tf.reduce_sum(sizes))
+        else:
+            upload = tf.reduce_sum(tf.where(scalar, tf.constant(1, tf.int64), sizes))
+        counted = has_look_back & finite
+        stats = collections.OrderedDict(
+            weight=weight,
+            upload_params=upload,
+            aggregated=tf.cast(tf.logical_not(scalar) & finite, tf.float32),
+            num_scalar=tf.reduce_sum(tf.cast(scalar, tf.float32)),
+            error_sum=tf.reduce_sum(tf.where(counted, error, 0.0)),
+            error_count=tf.reduce_sum(tf.cast(counted, tf.float32)),
+            dropped=tf.cast(tf.logical_not(finite), tf.int32),
+            participants=tf.constant(1, tf.int32),
+        )
+        return weighted, new_state, stats, metrics
+
+    update_type = weights_type.trainable
+    stats_type = client_update.type_signature.result[2]
+
+    @tff.tensorflow.computation(update_type, stats_type)
+    def server_summary(weighted_sum, stats):
+        mean_update = tf.nest.map_structure(
+            lambda s: tf.math.divide_no_nan(s, stats["weight"]), weighted_sum
+        )
+        clients = tf.cast(stats["participants"], tf.float32)
+        communication = communication_measurements(
+            upload_params=stats["upload_params"],
+            upload_bytes=stats["upload_params"] * BYTES_PER_FLOAT,
+            aggregated=tf.math.divide_no_nan(stats["aggregated"], clients),
+        )
+        lbgm = collections.OrderedDict(
+            scalar_fraction=tf.math.divide_no_nan(stats["num_scalar"], clients * num_trainable),
+            mean_error=tf.math.divide_no_nan(stats["error_sum"], stats["error_count"]),
+            num_dropped_clients=stats["dropped"],
+        )
+        return mean_update, communication, lbgm
+
+    @tff.federated_computation()
+    def initialize():
+        return tff.federated_zip(
+            collections.OrderedDict(
+                global_model_weights=tff.federated_eval(initial_weights, tff.SERVER),
+                client_hparams=tff.federated_eval(initial_hparams, tff.SERVER),
+                server_optimizer=finalizer.initialize(),
+            )
+        )
+
+    server_state_type = initialize.type_signature.result
+
+    @tff.federated_computation(
+        server_state_type,
+        tff.FederatedType(data_type, tff.CLIENTS),
+        tff.FederatedType(client_state_type, tff.CLIENTS),
+    )
+    def next_fn(state, data, client_states):
+        # Client computation: train, decide, reconstruct.
+        weights = tff.federated_broadcast(state.global_model_weights)
+        client_hparams = tff.federated_broadcast(state.client_hparams)
+        weighted, new_client_states, stats, model_metrics = tff.federated_map(
+            client_update, (client_hparams, weights, data, client_states)
+        )
+        # Aggregation: sums of the weighted reconstructions and of the statistics.
+        weighted_sum = tff.federated_sum(weighted)
+        stats_sum = tff.federated_sum(stats)
+        # Server computation: weighted mean, then the server optimizer on it.
+        mean_update, communication, lbgm = tff.federated_map(
+            server_summary, (weighted_sum, stats_sum)
+        )
+        applied = finalizer.next(state.server_optimizer, state.global_model_weights, mean_update)
+        # Output preparation.
+        new_state = tff.federated_zip(
+            collections.OrderedDict(
+                global_model_weights=applied.result,
+                client_hparams=state.client_hparams,
+                server_optimizer=applied.state,
+            )
+        )
+        client_work = tff.federated_zip(
+            collections.OrderedDict(train=aggregate_metrics(model_metrics))
+        )
+        metrics = tff.federated_zip(
+            collections.OrderedDict(client_work=client_work, communication=communication, lbgm=lbgm)
+        )
+        return StatefulOutput(state=new_state, client_states=new_client_states, metrics=metrics)
+
+    return StatefulClientProcess(initialize, next_fn, initial_client_state)
+
+
+def projection(dot: tf.Tensor, g_sq: tf.Tensor, lb_sq: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """LBGM's multiplier ρ and projection error from <g, g_lb>, ||g||² and ||g_lb||².
+
+    The error 1 − cos² is computed as ``1 − (dot/||g||²)·(dot/||g_lb||²)``
+    (clipped to [0, 1]), which is exactly 0 when g is g_lb times a power of
+    two and cannot overflow. Zero norms: g = 0 gives ρ = 0 and error 0 (g is
+    exactly 0·g_lb); g ≠ 0 with g_lb = 0 gives ρ = 0 and error 1. A
+    non-finite ||g||² gives error NaN.
+
+    Args:
+      dot: <g, g_lb>, any shape (elementwise).
+      g_sq: ||g||², the same shape.
+      lb_sq: ||g_lb||², the same shape.
+
+    Returns:
+      ``(rho, error)``, tensors of the same shape.
+    """
+    g_zero = tf.equal(g_sq, 0.0)
+    lb_zero = tf.equal(lb_sq, 0.0)
+    safe_g = tf.where(g_zero, tf.ones_like(g_sq), g_sq)
+    safe_lb = tf.where(lb_zero, tf.ones_like(lb_sq), lb_sq)
+    cos_sq = (dot / safe_g) * (dot / safe_lb)
+    # Clipping absorbs rounding (cos² a hair above 1); it must not turn NaN into a number.
+    clipped = tf.where(tf.math.is_finite(cos_sq), tf.clip_by_value(1.0 - cos_sq, 0.0, 1.0), cos_sq)
+    error = tf.where(
+        g_zero, tf.zeros_like(cos_sq), tf.where(lb_zero, tf.ones_like(cos_sq), clipped)
+    )
+    # A non-finite update has no meaningful error: NaN, which never passes the threshold.
+    error = tf.where(
+        tf.math.is_finite(g_sq), error, tf.fill(tf.shape(error), tf.constant(np.nan, error.dtype))
+    )
+    rho = tf.where(g_zero | lb_zero, tf.zeros_like(dot), dot / safe_lb)
+    return rho, error
+
+
+def _invalid(name: str, expected: str, value) -> ValueError:
+    return ValueError(
+        f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}"
+    )
+
+
+def _validate(
+    model_fn,
+    client_optimizer,
+    server_optimizer,
+    local_steps,
+    threshold,
+    error_feedback,
+    client_weighting,
+    variant,
+    seed,
+) -> float:
+    """Checks the configuration before anything is traced; returns the threshold to use."""
+    if not callable(model_fn):
+        raise TypeError(
+            "Invalid value for argument `model_fn`. Expected a callable returning a "
+            f"tff.learning.models.VariableModel. Received: model_fn={model_fn!r}"
+        )
+    for name, value, optional in (
+        ("client_optimizer", client_optimizer, False),
+        ("server_optimizer", server_optimizer, True),
+    ):
+        if value is None and optional:
+            continue
+        if not isinstance(value, tff.learning.optimizers.Optimizer):
+            raise TypeError(
+                f"Invalid value for argument `{name}`. Expected a "
+                f"tff.learning.optimizers.Optimizer. Received: {name}={value!r}"
+            )
+    if variant not in DEFAULT_THRESHOLDS:
+        raise _invalid("variant", "'official' or 'paper'", variant)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS[variant]
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or not 0.0 <= float(threshold) <= 1.0
+    ):
+        raise _invalid("threshold", "a float in [0, 1]", threshold)
+    if (
+        isinstance(local_steps, bool)
+        or not isinstance(local_steps, numbers.Integral)
+        or local_steps < 1
+    ):
+        raise _invalid("local_steps", "an int >= 1", local_steps)
+    if not isinstance(error_feedback, bool | np.bool_):
+        raise _invalid("error_feedback", "a bool", error_feedback)
+    if client_weighting not in ("example", "uniform"):
+        raise _invalid("client_weighting", "'example' or 'uniform'", client_weighting)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise _invalid("seed", "an int", seed)
+    return float(threshold)
