@@ -67,8 +67,9 @@ class FederatedTrainer:
       **algorithm_options: The chosen algorithm's options: ``proximal_strength``
         (FedProx μ, default 0.001), ``quantization_levels`` (FedPAQ s, default
         16), ``aggregation_interval`` and ``fedavg_rounds`` (FedLAMA φ = 2 and
-        its 8 FedAvg warm-up rounds), ``lbgm_threshold`` and ``error_feedback``
-        (LBGM), ``warmup_rounds``, ``rounds_per_group``,
+        its 8 FedAvg warm-up rounds), ``lbgm_threshold``, ``error_feedback`` and
+        ``lbgm_variant`` (LBGM: the official per-tensor method, threshold 0.2 by
+        default, or the FedLUAR paper's whole-model ``"paper"`` variant, 0.95), ``warmup_rounds``, ``rounds_per_group``,
         ``full_rounds_between_cycles`` and ``groups`` (FedPart).
 
     Raises:
@@ -235,6 +236,7 @@ class FederatedTrainer:
                 model_fn, **common, local_steps=self.local_steps, seed=self.seed,
                 client_weighting=self.client_weighting,
                 threshold=options["lbgm_threshold"], error_feedback=options["error_feedback"],
+                variant=options["lbgm_variant"],
             )  # fmt: skip
         if name == "fedpart":
             from keras_luar.algorithms.fedpart import build_fedpart

@@ -38,6 +38,15 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {choices}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
 def _check_groups(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, list | tuple):
         raise TypeError(
@@ -52,7 +61,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "quantization_levels": lambda n, v: check_int(n, v, 1),
     "aggregation_interval": lambda n, v: check_int(n, v, 1),
     "fedavg_rounds": lambda n, v: check_int(n, v, 0),
-    "lbgm_threshold": lambda n, v: _check_float(n, v, 0.0, 1.0),
+    "lbgm_threshold": lambda n, v: None if v is None else _check_float(n, v, 0.0, 1.0),
+    "lbgm_variant": lambda n, v: _check_choice(n, v, ("official", "paper")),
     "error_feedback": _check_bool,
     "warmup_rounds": lambda n, v: check_int(n, v, 0),
     "rounds_per_group": lambda n, v: check_int(n, v, 1),
@@ -115,7 +125,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec(
             "lbgm",
             "LBGM",
-            {"lbgm_threshold": 0.95, "error_feedback": False},
+            {"lbgm_threshold": None, "error_feedback": False, "lbgm_variant": "official"},
             False,
             "example",
             "Azam et al., ICLR 2022",
