@@ -18,13 +18,15 @@ def _rows(history: tf.keras.callbacks.History) -> tuple[list[str], list[dict]]:
         for key in keys:
             values = history.history[key]
             value = values[t] if t < len(values) else None
-            row[key] = " ".join(value) if isinstance(value, list) else value
+            if isinstance(value, list):
+                value = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+            row[key] = value
         rows.append(row)
     return ["round", *keys], rows
 
 
 def write_history_csv(history: tf.keras.callbacks.History, path: str | os.PathLike) -> None:
-    """Writes one row per round; `recycled_layers` becomes a space-separated list.
+    """Writes one row per round; list entries (`recycled_layers`, `aggregated`) are space-separated.
 
     Args:
       history: A History returned by `FederatedTrainer.fit`.

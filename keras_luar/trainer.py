@@ -60,8 +60,8 @@ class FederatedTrainer:
         Required by ``"fedopt"`` (the paper uses SGD with learning rate 0.9 on
         CIFAR-10 and 1.2 on FEMNIST).
       client_weighting: ``"uniform"`` or ``"example"``; None takes the
-        method's own (uniform for FedAvg/FedLUAR as in the official code,
-        example-weighted for FedLAMA, LBGM and FedPart).
+        method's own, as its official code does: uniform for FedAvg, FedLUAR
+        and FedLAMA, example-weighted for LBGM and FedPart.
       seed: Seeds client sampling (by (seed, round)), local shuffling and the
         methods' randomness.
       **algorithm_options: The chosen algorithm's options: ``proximal_strength``
@@ -152,6 +152,13 @@ class FederatedTrainer:
         if client_optimizer is None:
             client_optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
         self._client_optimizer = to_tff_optimizer(client_optimizer, "client_optimizer")
+        if algorithm == "fedlama" and server_optimizer is not None:
+            raise ValueError(
+                "Invalid value for argument `server_optimizer`. FedLAMA averages client "
+                "models and takes no server optimizer. Received: "
+                f"server_optimizer={type(server_optimizer).__name__}"
+            )
+        self._server_optimizer_given = server_optimizer is not None
         if algorithm == "fedopt" and server_optimizer is None:
             raise ValueError(
                 "Invalid value for argument `server_optimizer`. Algorithm 'fedopt' needs a "
@@ -224,7 +231,7 @@ class FederatedTrainer:
             from keras_luar.algorithms.fedlama import build_fedlama
 
             return build_fedlama(
-                model_fn, **common, local_steps=self.local_steps, seed=self.seed,
+                model_fn, client_optimizer=self._client_optimizer, local_steps=self.local_steps, seed=self.seed,
                 client_weighting=self.client_weighting,
                 aggregation_interval=options["aggregation_interval"],
                 fedavg_rounds=options["fedavg_rounds"],

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_trainer import PER_ROUND, TOTAL_PARAMS, _client_data, _model, _trainer, _weights
 
 from keras_luar.aggregators import QuantizationFactory
-from test_trainer import PER_ROUND, TOTAL_PARAMS, _client_data, _model, _trainer, _weights
 
 ROUNDS = 3
 
@@ -92,3 +92,87 @@ def test_bad_algorithm_options_fail_at_construction(kwargs, error, match):
     kwargs.setdefault("num_recycled_layers", None)
     with pytest.raises(error, match=match):
         _trainer(**kwargs)
+
+
+class _Interrupt(tf.keras.callbacks.Callback):
+    def __init__(self, at_round):
+        super().__init__()
+        self.at_round = at_round
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.at_round:
+            raise KeyboardInterrupt
+
+
+STATEFUL = [
+    ("lbgm", {"lbgm_threshold": 0.3}),
+    ("fedlama", {"aggregation_interval": 2, "fedavg_rounds": 2}),
+]
+
+
+@pytest.mark.parametrize("algorithm,options", STATEFUL + [("fedpart", {"warmup_rounds": 1})])
+def test_layerwise_methods_report_consistent_accounting(algorithm, options):
+    trainer, history = _run(rounds=5, algorithm=algorithm, **options)
+    h = history.history
+    assert "recycled_layers" not in h and "num_recycled" not in h
+    assert len(h["aggregated"]) == 5 and all(len(row) == 6 for row in h["aggregated"])
+    assert h["aggregated"][0] == [1.0] * 6  # every method starts with a full round
+    expected = np.cumsum(h["upload_bytes"]) / (np.arange(1, 6) * PER_ROUND * 4 * TOTAL_PARAMS)
+    np.testing.assert_allclose(h["comm_cost"], expected)
+    assert h["comm_cost"][-1] < 1.0  # each of them saved something within 5 rounds
+    counts = np.sum(h["aggregated"], axis=0)
+    np.testing.assert_allclose(list(trainer.aggregation_counts.values()), counts, rtol=1e-6)
+    assert all(math.isfinite(v) for v in h["loss"])
+
+
+def test_fedlama_keeps_its_clients_for_a_period(monkeypatch):
+    """Round 2k+1 must get the clients (and their states) of round 2k back."""
+    trainer = _trainer(algorithm="fedlama", num_recycled_layers=None, aggregation_interval=2)
+    seen = []
+    build = trainer._build_process
+
+    def recording_build(spec):
+        process = build(spec)
+        original = process.next
+
+        def next_fn(state, data, client_states):
+            seen.append([int(s["round_num"]) for s in client_states])
+            return original(state, data, client_states)
+
+        process.next = next_fn
+        return process
+
+    monkeypatch.setattr(trainer, "_build_process", recording_build)
+    trainer.fit(_client_data(), rounds=4, clients_per_round=PER_ROUND, verbose=0)
+    # A client state records the last round its client trained (-1: never).
+    assert seen[1] == [0] * PER_ROUND and seen[3] == [2] * PER_ROUND
+    assert all(r < 0 or r <= 1 for r in seen[2])
+
+
+@pytest.mark.parametrize("algorithm,options", STATEFUL)
+def test_stateful_methods_resume_to_the_same_result(tmp_path, algorithm, options):
+    kwargs = dict(algorithm=algorithm, num_recycled_layers=None, **options)
+    fit = dict(rounds=5, clients_per_round=PER_ROUND, verbose=0)
+    # Interrupted in round 4, the run resumes from the 3 saved rounds: mid-period for
+    # FedLAMA (φ = 2), where clients continue from their own copies.
+    full = _trainer(**kwargs)
+    full_history = full.fit(_client_data(), **fit)
+    directory = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(**kwargs).fit(
+            _client_data(), checkpoint_dir=directory, callbacks=[_Interrupt(4)], **fit
+        )
+    resumed = _trainer(model=_model(seed=99), **kwargs)
+    history = resumed.fit(_client_data(), checkpoint_dir=directory, **fit)
+    assert _comparable(history) == _comparable(full_history)
+    for a, b in zip(_weights(full.model), _weights(resumed.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fedlama_refuses_a_server_optimizer():
+    with pytest.raises(ValueError, match=r"server_optimizer.*FedLAMA"):
+        _trainer(
+            algorithm="fedlama",
+            num_recycled_layers=None,
+            server_optimizer=tf.keras.optimizers.SGD(1.0),
+        )

@@ -119,7 +119,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             "FedLAMA",
             {"aggregation_interval": 2, "fedavg_rounds": 8},
             False,
-            "example",
+            "uniform",
             "Lee et al., AAAI 2023",
         ),
         AlgorithmSpec(
