@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -79,8 +80,14 @@ def make_digits_trainer(
     seed: int,
     server_learning_rate: float | None = None,
     num_classes: int = 10,
+    **algorithm_options: Any,
 ) -> FederatedTrainer:
-    """A `FederatedTrainer` for the digits CNN; the initial weights depend on `seed` only."""
+    """A `FederatedTrainer` for the digits CNN; the initial weights depend on `seed` only.
+
+    `server_learning_rate` sets a Keras SGD server optimizer; any other keyword
+    (an algorithm option such as ``proximal_strength``) goes to `FederatedTrainer`
+    as it is, which raises `TypeError` for an option it does not know.
+    """
     tf.keras.utils.set_random_seed(seed)
     model = digits_cnn(num_classes)
     server = None if server_learning_rate is None else tf.keras.optimizers.SGD(server_learning_rate)
@@ -95,6 +102,7 @@ def make_digits_trainer(
         client_optimizer=tf.keras.optimizers.SGD(setup.learning_rate, momentum=setup.momentum),
         server_optimizer=server,
         seed=seed,
+        **algorithm_options,
     )
 
 
