@@ -25,22 +25,16 @@ from typing import Any
 import numpy as np
 
 from keras_luar._validation import check_int
+from keras_luar.algorithms.registry import ALGORITHMS
 from keras_luar.plotting import HistoryLike, history_dict, plot_accuracy_vs_communication
 from keras_luar.quickstart import DigitsSetup, digits_data, fit_digits, make_digits_trainer
 
-# Algorithm name -> the name the table prints.
-KNOWN_METHODS: dict[str, str] = {
-    "fedavg": "FedAvg",
-    "fedluar": "FedLUAR",
-    "fedlama": "FedLAMA",
-    "lbgm": "LBGM",
-    "fedpart": "FedPart",
-    "fedpaq": "FedPAQ",
-    "fedprox": "FedProx",
-    "fedopt": "FedOpt",
-}
+# Algorithm name -> the name the table prints (from the trainer's registry).
+KNOWN_METHODS: dict[str, str] = {name: spec.title for name, spec in ALGORITHMS.items()}
 # The methods that LUAR can be stacked on (`+luar`), as in the paper's Tables 3-4.
-LUAR_COMPATIBLE: tuple[str, ...] = ("fedprox", "fedopt", "fedpaq")
+LUAR_COMPATIBLE: tuple[str, ...] = tuple(
+    name for name, spec in ALGORITHMS.items() if spec.luar and name != "fedluar"
+)
 # Options a method gets unless its spec sets them: the paper's FEMNIST settings
 # (s = 8 levels, μ = 0.001, server SGD with η = 1.2), which suit the small digits CNN.
 DEFAULT_OPTIONS: dict[str, dict[str, int | float]] = {

@@ -36,7 +36,7 @@ from keras_luar.plotting import (  # noqa: E402
 from keras_luar.quickstart import DigitsSetup  # noqa: E402
 
 TINY = DigitsSetup(rounds=2, num_clients=4, clients_per_round=2, local_steps=2)
-KNOWN = "fedavg, fedluar, fedlama, lbgm, fedpart, fedpaq, fedprox, fedopt"
+KNOWN = "fedavg, fedluar, fedprox, fedopt, fedpaq, fedlama, lbgm, fedpart"
 ROW = re.compile(r"^\| (.+?) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) \|$", re.M)
 
 
