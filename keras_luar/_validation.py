@@ -20,3 +20,18 @@ def check_int(name: str, value: Any, minimum: int) -> int:
             f"Received: {name}={value!r}"
         )
     return int(value)
+
+
+def check_weighted_factory(name: str, value: Any) -> Any:
+    """Returns `value`, or TFF's MeanFactory for None; raises if it is not a weighted factory."""
+    import tensorflow_federated as tff
+
+    if value is None:
+        return tff.aggregators.MeanFactory()
+    if not isinstance(value, tff.aggregators.WeightedAggregationFactory):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected a "
+            "tff.aggregators.WeightedAggregationFactory. Received: "
+            f"{name}={type(value).__name__}"
+        )
+    return value

@@ -43,7 +43,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import layers, scoring
-from keras_luar._validation import check_int
+from keras_luar._validation import check_int, check_weighted_factory
 
 ClientWeighting = Literal["uniform", "example"]
 _WEIGHTINGS = ("uniform", "example")
@@ -121,14 +121,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
     ):
         self._num_recycled = check_int("num_recycled_layers", num_recycled_layers, 0)
         self._seed = check_int("seed", seed, -(2**63))
-        if inner_factory is None:
-            inner_factory = tff.aggregators.MeanFactory()
-        if not isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory):
-            raise TypeError(
-                "Invalid value for argument `inner_factory`. Expected a "
-                "tff.aggregators.WeightedAggregationFactory. Received: "
-                f"inner_factory={type(inner_factory).__name__}"
-            )
+        inner_factory = check_weighted_factory("inner_factory", inner_factory)
         if client_weighting not in _WEIGHTINGS:
             raise ValueError(
                 "Invalid value for argument `client_weighting`. Expected one of "

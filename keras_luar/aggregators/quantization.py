@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar._validation import check_int
+from keras_luar._validation import check_int, check_weighted_factory
 
 _NORM_BYTES = 4  # one float32 norm per tensor
 
@@ -230,14 +230,7 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
                 "Invalid value for argument `seed`. Expected an int that fits in int64. "
                 f"Received: seed={seed!r}"
             )
-        if inner_factory is None:
-            inner_factory = tff.aggregators.MeanFactory()
-        if not isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory):
-            raise TypeError(
-                "Invalid value for argument `inner_factory`. Expected a "
-                "tff.aggregators.WeightedAggregationFactory. Received: "
-                f"inner_factory={type(inner_factory).__name__}"
-            )
+        inner_factory = check_weighted_factory("inner_factory", inner_factory)
         self._inner_factory = inner_factory
 
     @property

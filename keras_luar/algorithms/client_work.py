@@ -23,20 +23,12 @@ import tensorflow_federated as tff
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
-    metrics_aggregator,
+    model_types,
     zeros_if,
 )
 
 ClientWeighting = Literal["uniform", "example"]
 TrainableSchedule = Callable[[tf.Tensor], tf.Tensor]
-
-
-def _weights_type(model_fn):
-    @tff.tensorflow.computation()
-    def initial_weights():
-        return tff.learning.models.ModelWeights.from_model(model_fn())
-
-    return initial_weights
 
 
 def build_client_work(
@@ -81,11 +73,7 @@ def build_client_work(
             "Invalid value for argument `proximal_strength`. Expected a float >= 0. "
             f"Received: proximal_strength={proximal_strength!r}"
         )
-    with tf.Graph().as_default():
-        probe = model_fn()
-        aggregate_metrics = metrics_aggregator(probe)
-        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
-    weights_type = _weights_type(model_fn).type_signature.result
+    _, weights_type, data_type, aggregate_metrics = model_types(model_fn)
     num_trainable = len(weights_type.trainable)
     hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
     uniform = client_weighting == "uniform"
@@ -212,8 +200,7 @@ def build_learning_process(
         client_weighting=client_weighting,
         trainable_schedule=trainable_schedule,
     )
-    initial_weights = _weights_type(model_fn)
-    weights_type = initial_weights.type_signature.result
+    initial_weights, weights_type, _, _ = model_types(model_fn)
     if server_optimizer is None:
         server_optimizer = tff.learning.optimizers.build_sgdm(1.0)
     aggregator = (model_aggregator or tff.aggregators.MeanFactory()).create(

@@ -96,7 +96,7 @@ from keras_luar._validation import check_int
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
-    metrics_aggregator,
+    model_types,
 )
 from keras_luar.algorithms.stateful import (
     StatefulClientProcess,
@@ -256,16 +256,7 @@ def build_fedlama(
             f"Received: client_optimizer of type {type(client_optimizer).__name__}"
         )
 
-    with tf.Graph().as_default():
-        probe = model_fn()
-        aggregate_metrics = metrics_aggregator(probe)
-        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
-
-    @tff.tensorflow.computation()
-    def initial_weights():
-        return ModelWeights.from_model(model_fn())
-
-    weights_type = initial_weights.type_signature.result
+    initial_weights, weights_type, data_type, aggregate_metrics = model_types(model_fn)
     layout = layers.describe_weights_type(weights_type)
     n = len(layout.trainable)
     sizes = np.array([v.size for v in layout.trainable], np.int64)

@@ -72,7 +72,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar._validation import check_int
+from keras_luar._validation import check_int, check_weighted_factory
 from keras_luar.algorithms.client_work import ClientWeighting, build_learning_process
 from keras_luar.algorithms.stateful import communication_measurements
 
@@ -610,14 +610,7 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
                 "Invalid value for argument `group_schedule`. Expected a callable of the round "
                 f"number or None. Received: group_schedule={group_schedule!r}"
             )
-        if inner_factory is None:
-            inner_factory = tff.aggregators.MeanFactory()
-        if not isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory):
-            raise TypeError(
-                "Invalid value for argument `inner_factory`. Expected a "
-                "tff.aggregators.WeightedAggregationFactory. Received: "
-                f"inner_factory={type(inner_factory).__name__}"
-            )
+        inner_factory = check_weighted_factory("inner_factory", inner_factory)
         self._trainable_schedule = trainable_schedule
         self._group_schedule = group_schedule
         self._inner_factory = inner_factory

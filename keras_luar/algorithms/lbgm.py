@@ -92,7 +92,7 @@ import tensorflow_federated as tff
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
-    metrics_aggregator,
+    model_types,
 )
 from keras_luar.algorithms.stateful import (
     StatefulClientProcess,
@@ -207,16 +207,7 @@ def build_lbgm(
     whole_model = variant == "paper"
     uniform = client_weighting == "uniform"
 
-    with tf.Graph().as_default():
-        probe = model_fn()
-        aggregate_metrics = metrics_aggregator(probe)
-        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
-
-    @tff.tensorflow.computation()
-    def initial_weights():
-        return ModelWeights.from_model(model_fn())
-
-    weights_type = initial_weights.type_signature.result
+    initial_weights, weights_type, data_type, aggregate_metrics = model_types(model_fn)
     trainable_types = list(weights_type.trainable)
     num_trainable = len(trainable_types)
     sizes = np.asarray(trainable_sizes(weights_type), np.int64)

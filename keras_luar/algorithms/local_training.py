@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -123,6 +123,31 @@ def all_finite(structure: Any) -> tf.Tensor:
 def zeros_if(condition: tf.Tensor, structure: Any) -> Any:
     """`structure` with every tensor zeroed where `condition` (a bool scalar) holds."""
     return tf.nest.map_structure(lambda t: tf.where(condition, tf.zeros_like(t), t), structure)
+
+
+class ModelTypes(NamedTuple):
+    """What a process builder needs to know about a model before tracing anything."""
+
+    initial_weights: Any  # tff.Computation () -> ModelWeights of a freshly built model
+    weights_type: Any  # its TFF type (ModelWeights of trainable, non_trainable)
+    data_type: Any  # tff.SequenceType of the model's input batches
+    aggregate_metrics: Any  # federated computation: sum-then-finalize of the model metrics
+
+
+def model_types(model_fn: Callable[[], tff.learning.models.VariableModel]) -> ModelTypes:
+    """Probes `model_fn` once (in a throw-away graph) for the types a process needs."""
+    with tf.Graph().as_default():
+        probe = model_fn()
+        aggregate_metrics = metrics_aggregator(probe)
+        data_type = tff.SequenceType(tff.types.tensorflow_to_type(probe.input_spec))
+
+    @tff.tensorflow.computation()
+    def initial_weights():
+        return ModelWeights.from_model(model_fn())
+
+    return ModelTypes(
+        initial_weights, initial_weights.type_signature.result, data_type, aggregate_metrics
+    )
 
 
 def metrics_aggregator(model: tff.learning.models.VariableModel) -> Callable[..., Any]:
