@@ -35,3 +35,25 @@ def check_weighted_factory(name: str, value: Any) -> Any:
             f"{name}={type(value).__name__}"
         )
     return value
+
+
+def check_aggregation_types(owner: str, value_type: Any, weight_type: Any) -> tuple[Any, Any]:
+    """Converts and checks a weighted factory's `create` types; raises TypeError naming `owner`."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    value_type = tff.types.to_type(value_type)
+    weight_type = tff.types.to_type(weight_type)
+    if not tff.types.is_structure_of_floats(value_type):
+        raise TypeError(
+            f"{owner}.create: expected `value_type` to be a structure of float "
+            f"tensors. Received: value_type={value_type}"
+        )
+    if not (
+        isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating
+    ):
+        raise TypeError(
+            f"{owner}.create: expected `weight_type` to be a float tensor type. "
+            f"Received: weight_type={weight_type}"
+        )
+    return value_type, weight_type

@@ -220,7 +220,7 @@ def describe_model(model: tf.keras.Model, *, bn_statistics: BnStatistics = "aver
     Examples:
       >>> import tensorflow as tf
       >>> from keras_luar.layers import describe_model
-      >>> model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+      >>> model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3, name="dense")])
       >>> describe_model(model).candidate_names
       ('dense/kernel',)
     """

@@ -43,7 +43,11 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import layers, scoring
-from keras_luar._validation import check_int, check_weighted_factory
+from keras_luar._validation import (
+    check_aggregation_types,
+    check_int,
+    check_weighted_factory,
+)
 
 ClientWeighting = Literal["uniform", "example"]
 _WEIGHTINGS = ("uniform", "example")
@@ -165,20 +169,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
           TypeError: If the types are not as above.
           ValueError: If the value type has no candidate or δ >= L.
         """
-        value_type = tff.types.to_type(value_type)
-        weight_type = tff.types.to_type(weight_type)
-        if not tff.types.is_structure_of_floats(value_type):
-            raise TypeError(
-                "LuarFactory.create: expected `value_type` to be a structure of float "
-                f"tensors. Received: value_type={value_type}"
-            )
-        if not (
-            isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating
-        ):
-            raise TypeError(
-                "LuarFactory.create: expected `weight_type` to be a float tensor type. "
-                f"Received: weight_type={weight_type}"
-            )
+        value_type, weight_type = check_aggregation_types("LuarFactory", value_type, weight_type)
         layout = layers.describe_weights_type(value_type, names=self._variable_names)
         if layout.num_candidates == 0:
             raise ValueError(

@@ -53,7 +53,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar._validation import check_int, check_weighted_factory
+from keras_luar._validation import (
+    check_aggregation_types,
+    check_int,
+    check_weighted_factory,
+)
 
 _NORM_BYTES = 4  # one float32 norm per tensor
 
@@ -289,20 +293,7 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
         Raises:
           TypeError: If the types are not as above.
         """
-        value_type = tff.types.to_type(value_type)
-        weight_type = tff.types.to_type(weight_type)
-        if not tff.types.is_structure_of_floats(value_type):
-            raise TypeError(
-                "QuantizationFactory.create: expected `value_type` to be a structure of "
-                f"float tensors. Received: value_type={value_type}"
-            )
-        if not (
-            isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating
-        ):
-            raise TypeError(
-                "QuantizationFactory.create: expected `weight_type` to be a float tensor "
-                f"type. Received: weight_type={weight_type}"
-            )
+        value_type, weight_type = check_aggregation_types("QuantizationFactory", value_type, weight_type)
         inner_process = self._inner_factory.create(value_type, weight_type)
         inner_state_type = inner_process.initialize.type_signature.result.member
         levels = self._levels

@@ -72,7 +72,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar._validation import check_int, check_weighted_factory
+from keras_luar._validation import (
+    check_aggregation_types,
+    check_int,
+    check_weighted_factory,
+)
 from keras_luar.algorithms.client_work import ClientWeighting, build_learning_process
 from keras_luar.algorithms.stateful import communication_measurements
 
@@ -631,20 +635,7 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
           TypeError: If the types are not as above.
           ValueError: If the schedule's mask does not have one entry per tensor.
         """
-        value_type = tff.types.to_type(value_type)
-        weight_type = tff.types.to_type(weight_type)
-        if not tff.types.is_structure_of_floats(value_type):
-            raise TypeError(
-                "PartialUpdateFactory.create: expected `value_type` to be a structure of float "
-                f"tensors. Received: value_type={value_type}"
-            )
-        if not (
-            isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating
-        ):
-            raise TypeError(
-                "PartialUpdateFactory.create: expected `weight_type` to be a float tensor type. "
-                f"Received: weight_type={weight_type}"
-            )
+        value_type, weight_type = check_aggregation_types("PartialUpdateFactory", value_type, weight_type)
         specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
         if not all(s.shape.is_fully_defined() for s in specs):
             raise TypeError(
