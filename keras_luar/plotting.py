@@ -183,11 +183,16 @@ def plot_accuracy_vs_communication(
             fig, ax = plt.subplots(figsize=(7, 4.5))
         else:
             fig = ax.figure
-        colors = sns.color_palette(n_colors=len(curves))
+        # Ten distinct colours at most in the default palette; beyond that tab20.
+        palette = "tab10" if len(curves) <= 10 else "tab20"
+        colors = sns.color_palette(palette, n_colors=len(curves))
         for (name, x, mean, std, num_runs), color in zip(curves, colors, strict=True):
             # One Line2D per method (the final round marked on it), so the legend and
-            # the line count match the methods.
-            ax.plot(x, mean, color=color, label=name, marker="o", markevery=[-1], linewidth=1.6)
+            # the line count match the methods. Methods with LUAR on top are dashed.
+            style = "--" if "+LUAR" in name else "-"
+            ax.plot(
+                x, mean, style, color=color, label=name, marker="o", markevery=[-1], linewidth=1.6
+            )
             if num_runs > 1:
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         ylabel = _metric_label(metric)
