@@ -62,6 +62,12 @@ class FederatedTrainer:
       client_weighting: ``"uniform"`` or ``"example"``; None takes the
         method's own, as its official code does: uniform for FedAvg, FedLUAR
         and FedLAMA, example-weighted for LBGM and FedPart.
+      bn_statistics: What happens to non-trainable variables (BatchNorm moving
+        statistics): ``"average"`` makes the clients' mean after training the
+        global model's every round (the official FedLUAR code; the default for
+        FedAvg, FedLUAR, FedProx, FedOpt and FedPAQ); ``"local"`` keeps the
+        server's values (the default for FedLAMA, LBGM and FedPart, whose
+        official code never averages them; FedLAMA and LBGM support only this).
       seed: Seeds client sampling (by (seed, round)), local shuffling and the
         methods' randomness.
       **algorithm_options: The chosen algorithm's options: ``proximal_strength``
@@ -96,6 +102,7 @@ class FederatedTrainer:
         client_optimizer: Any = None,
         server_optimizer: Any = None,
         client_weighting: str | None = None,
+        bn_statistics: str | None = None,
         seed: int = 0,
         **algorithm_options: Any,
     ):
@@ -190,12 +197,21 @@ class FederatedTrainer:
             from keras_luar.algorithms.fedpart import layer_groups
 
             self._groups = layer_groups(model, groups=options["groups"])
-        if self._layout.non_trainable:
+        if bn_statistics is None:
+            bn_statistics = "local" if algorithm in ("fedlama", "lbgm", "fedpart") else "average"
+        supported = ("local",) if algorithm in ("fedlama", "lbgm") else ("average", "local")
+        if bn_statistics not in supported:
+            raise ValueError(
+                f"Invalid value for argument `bn_statistics`. Expected one of {supported} for "
+                f"algorithm {algorithm!r}. Received: bn_statistics={bn_statistics!r}"
+            )
+        self.bn_statistics = bn_statistics
+        if self._layout.non_trainable and bn_statistics == "local":
             warnings.warn(
                 "The model has non-trainable variables "
-                f"({', '.join(v.name for v in self._layout.non_trainable)}). TFF's learning "
-                "processes keep them at the server's values; BatchNorm moving statistics "
-                "are not averaged over clients yet.",
+                f"({', '.join(v.name for v in self._layout.non_trainable)}). With "
+                "bn_statistics='local' they keep the server's values; clients' moving "
+                "statistics are not averaged.",
                 stacklevel=2,
             )
 
@@ -254,6 +270,7 @@ class FederatedTrainer:
                 warmup_rounds=options["warmup_rounds"],
                 rounds_per_group=options["rounds_per_group"],
                 full_rounds_between_cycles=options["full_rounds_between_cycles"],
+                bn_statistics=self.bn_statistics,
             )  # fmt: skip
         # FedAvg, FedLUAR, FedProx, FedOpt and FedPAQ: TFF's FedAvg composition with
         # LuarFactory as the aggregation step (δ = 0 is exactly its inner aggregation).
@@ -275,6 +292,7 @@ class FederatedTrainer:
             model_aggregator=factory,
             proximal_strength=options.get("proximal_strength", 0.0) if name == "fedprox" else 0.0,
             client_weighting="example",  # LuarFactory applies `client_weighting` itself
+            bn_statistics=self.bn_statistics,
         )
         return with_global_weight_norms(process)
 
@@ -593,6 +611,7 @@ class FederatedTrainer:
             "algorithm": self.algorithm,
             "algorithm_options": {k: v for k, v in self.algorithm_options.items()},
             "client_weighting": self.client_weighting,
+            "bn_statistics": self.bn_statistics,
             "num_recycled_layers": self.num_recycled_layers,
             "seed": self.seed,
             "local_steps": self.local_steps,

@@ -176,3 +176,32 @@ def test_fedlama_refuses_a_server_optimizer():
             num_recycled_layers=None,
             server_optimizer=tf.keras.optimizers.SGD(1.0),
         )
+
+
+def _bn_model():
+    tf.keras.utils.set_random_seed(0)
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((4,)),
+            tf.keras.layers.BatchNormalization(name="bn"),
+            tf.keras.layers.Dense(8, activation="tanh", name="d1"),
+            tf.keras.layers.Dense(3, name="out"),
+        ]
+    )
+
+
+def test_batchnorm_statistics_are_averaged_for_fedluar_and_kept_when_local():
+    averaged, _ = _run(rounds=2, model=_bn_model(), algorithm="fedluar", num_recycled_layers=1)
+    moving_mean = averaged.model.get_layer("bn").moving_mean.numpy()
+    assert np.abs(moving_mean).max() > 1e-3  # moved from its initial zeros
+    with pytest.warns(UserWarning, match="bn_statistics='local'"):
+        trainer = _trainer(model=_bn_model(), algorithm="fedpart", num_recycled_layers=None)
+    assert trainer.bn_statistics == "local"
+    trainer.fit(_client_data(), rounds=1, clients_per_round=PER_ROUND, verbose=0)
+    np.testing.assert_array_equal(trainer.model.get_layer("bn").moving_mean.numpy(), 0.0)
+
+
+def test_fedlama_and_lbgm_cannot_average_batchnorm_statistics():
+    for algorithm in ("fedlama", "lbgm"):
+        with pytest.raises(ValueError, match=r"bn_statistics.*\('local',\).*'average'"):
+            _trainer(algorithm=algorithm, num_recycled_layers=None, bn_statistics="average")

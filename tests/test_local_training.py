@@ -199,3 +199,54 @@ def test_uniform_weighting_and_non_finite_clients():
 def test_bad_configuration(kwargs, error, match):
     with pytest.raises(error, match=match):
         build_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR), **kwargs)
+
+
+def _bn_model_fn():
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((3,)),
+            tf.keras.layers.BatchNormalization(momentum=0.5, name="bn"),
+            tf.keras.layers.Dense(2, name="d"),
+        ]
+    )
+    return tff.learning.models.from_keras_model(
+        model, loss=tf.keras.losses.MeanSquaredError(), input_spec=SPEC
+    )
+
+
+def _shifted_clients():
+    return [(x + 2.0 * i, y) for i, (x, y) in enumerate(_clients((6, 4, 2)))]
+
+
+def test_averaged_batchnorm_statistics_are_the_mean_of_the_clients():
+    def process(bn_statistics):
+        return build_learning_process(
+            _bn_model_fn,
+            client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+            bn_statistics=bn_statistics,
+        )
+
+    averaging = process("average")
+    clients = _shifted_clients()
+    # Each client alone: its own statistics after local training.
+    own = []
+    for x, y in clients:
+        state = averaging.next(averaging.initialize(), [_dataset(x, y)]).state
+        own.append([np.copy(v) for v in averaging.get_model_weights(state).non_trainable])
+    # The moving mean of one client, replayed: m <- 0.5 m + 0.5 batch_mean per batch of 2.
+    x0 = clients[0][0]
+    mean = np.zeros(3)
+    for i in range(0, len(x0), 2):
+        mean = 0.5 * mean + 0.5 * x0[i : i + 2].mean(axis=0)
+    np.testing.assert_allclose(own[0][0], mean, rtol=1e-5, atol=1e-6)
+
+    state = averaging.next(averaging.initialize(), [_dataset(x, y) for x, y in clients]).state
+    got = averaging.get_model_weights(state).non_trainable
+    for j in range(2):  # moving mean, moving variance: equal-weight mean over clients
+        np.testing.assert_allclose(got[j], np.mean([o[j] for o in own], axis=0), rtol=1e-5)
+
+    local = process("local")
+    state = local.next(local.initialize(), [_dataset(x, y) for x, y in clients]).state
+    kept = local.get_model_weights(state).non_trainable
+    np.testing.assert_array_equal(kept[0], np.zeros(3))  # the server's initial values
+    np.testing.assert_array_equal(kept[1], np.ones(3))

@@ -28,6 +28,7 @@ from keras_luar.algorithms.local_training import (
 )
 
 ClientWeighting = Literal["uniform", "example"]
+BnStatistics = Literal["average", "local"]
 TrainableSchedule = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -38,6 +39,7 @@ def build_client_work(
     proximal_strength: float = 0.0,
     client_weighting: ClientWeighting = "example",
     trainable_schedule: TrainableSchedule | None = None,
+    bn_statistics: BnStatistics = "local",
 ) -> tff.learning.templates.ClientWorkProcess:
     """Builds the client work: local training from the broadcast weights.
 
@@ -54,14 +56,21 @@ def build_client_work(
         with one entry per trainable variable: the variables clients may train
         that round. The others keep their broadcast values, so their update is
         exactly zero.
+      bn_statistics: ``"average"``: the clients' non-trainable variables
+        after training (BatchNorm moving statistics) are averaged with equal
+        weights over the clients whose training stayed finite, and the mean is
+        kept in the state under ``non_trainable`` (`build_learning_process`
+        makes it the global model's). ``"local"``: they are not uploaded.
 
     Returns:
       A `tff.learning.templates.ClientWorkProcess` whose state is
-      ``OrderedDict(hparams=<optimizer hparams>, round_num=<int32>)`` and whose
-      measurements are ``OrderedDict(train=<model metrics>)``.
+      ``OrderedDict(hparams=<optimizer hparams>, round_num=<int32>)`` (plus
+      ``non_trainable`` when averaging) and whose measurements are
+      ``OrderedDict(train=<model metrics>)``.
 
     Raises:
-      ValueError: If `proximal_strength` < 0 or `client_weighting` is unknown.
+      ValueError: If `proximal_strength` < 0, or `client_weighting` or
+        `bn_statistics` is unknown.
     """
     if client_weighting not in ("uniform", "example"):
         raise ValueError(
@@ -73,16 +82,29 @@ def build_client_work(
             "Invalid value for argument `proximal_strength`. Expected a float >= 0. "
             f"Received: proximal_strength={proximal_strength!r}"
         )
-    _, weights_type, data_type, aggregate_metrics = model_types(model_fn)
+    if bn_statistics not in ("average", "local"):
+        raise ValueError(
+            "Invalid value for argument `bn_statistics`. Expected 'average' or 'local'. "
+            f"Received: bn_statistics={bn_statistics!r}"
+        )
+    initial_weights, weights_type, data_type, aggregate_metrics = model_types(model_fn)
     num_trainable = len(weights_type.trainable)
     hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
     uniform = client_weighting == "uniform"
+    average_bn = bn_statistics == "average" and len(weights_type.non_trainable) > 0
+
+    def make_state(hparams, round_num, non_trainable=None):
+        state = collections.OrderedDict(hparams=hparams, round_num=round_num)
+        if average_bn:
+            state["non_trainable"] = non_trainable
+        return state
 
     @tff.tensorflow.computation()
     def init_state():
-        return collections.OrderedDict(
-            hparams=tf.nest.map_structure(tf.constant, hparams),
-            round_num=tf.constant(0, tf.int32),
+        return make_state(
+            tf.nest.map_structure(tf.constant, hparams),
+            tf.constant(0, tf.int32),
+            initial_weights().non_trainable if average_bn else None,
         )
 
     state_type = init_state.type_signature.result
@@ -98,7 +120,7 @@ def build_client_work(
 
     @tff.tensorflow.computation(state_type, hparams_type)
     def set_hparams(state, new_hparams):
-        return collections.OrderedDict(hparams=new_hparams, round_num=state["round_num"])
+        return make_state(new_hparams, state["round_num"], state.get("non_trainable"))
 
     @tff.tensorflow.computation(state_type)
     def round_plan(state):
@@ -112,9 +134,25 @@ def build_client_work(
 
     @tff.tensorflow.computation(state_type)
     def advance(state):
-        return collections.OrderedDict(hparams=state["hparams"], round_num=state["round_num"] + 1)
+        return make_state(state["hparams"], state["round_num"] + 1, state.get("non_trainable"))
 
     plan_type = round_plan.type_signature.result
+
+    if average_bn:
+        stats_type = tff.types.to_type(
+            (weights_type.non_trainable, tff.TensorType(np.int32))
+        )
+
+        @tff.tensorflow.computation(state_type, stats_type)
+        def mean_statistics(state, summed):
+            total, count = summed
+            # No client kept: the statistics stay as they were (no 0/0).
+            mean = tf.nest.map_structure(
+                lambda t, old: tf.where(count > 0, t / tf.cast(tf.maximum(count, 1), t.dtype), old),
+                list(total),
+                list(state["non_trainable"]),
+            )
+            return make_state(state["hparams"], state["round_num"], mean)
 
     @tff.tensorflow.computation(plan_type, weights_type, data_type)
     def client_update(plan, initial_weights, data):
@@ -130,7 +168,13 @@ def build_client_work(
         update = zeros_if(tf.logical_not(finite), update)
         weight = tf.constant(1.0) if uniform else tf.cast(num_examples, tf.float32)
         weight = tf.where(finite, weight, 0.0)
-        return tff.learning.templates.ClientResult(update=update, update_weight=weight), metrics
+        result = tff.learning.templates.ClientResult(update=update, update_weight=weight)
+        if not average_bn:
+            return result, metrics
+        stats = trained.non_trainable
+        kept = tf.logical_and(finite, all_finite(stats))
+        stats = zeros_if(tf.logical_not(kept), stats)
+        return result, metrics, (stats, tf.cast(kept, tf.int32))
 
     @tff.federated_computation(
         init_fn.type_signature.result,
@@ -139,13 +183,16 @@ def build_client_work(
     )
     def next_fn(state, weights, data):
         plan = tff.federated_broadcast(tff.federated_map(round_plan, state))
-        result, model_metrics = tff.federated_map(client_update, (plan, weights, data))
+        outputs = tff.federated_map(client_update, (plan, weights, data))
+        result, model_metrics = outputs[0], outputs[1]
         measurements = tff.federated_zip(
             collections.OrderedDict(train=aggregate_metrics(model_metrics))
         )
-        return tff.templates.MeasuredProcessOutput(
-            tff.federated_map(advance, state), result, measurements
-        )
+        new_state = tff.federated_map(advance, state)
+        if average_bn:
+            summed = tff.federated_sum(outputs[2])
+            new_state = tff.federated_map(mean_statistics, (new_state, summed))
+        return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
 
     return tff.learning.templates.ClientWorkProcess(
         init_fn, next_fn, get_hparams_fn=get_hparams, set_hparams_fn=set_hparams
@@ -161,6 +208,7 @@ def build_learning_process(
     proximal_strength: float = 0.0,
     client_weighting: ClientWeighting = "example",
     trainable_schedule: TrainableSchedule | None = None,
+    bn_statistics: BnStatistics = "local",
 ) -> tff.learning.templates.LearningProcess:
     """Composes FedAvg-style training with keras_luar's client work.
 
@@ -181,6 +229,10 @@ def build_learning_process(
       proximal_strength: FedProx's μ >= 0.
       client_weighting: ``"example"`` or ``"uniform"`` (see `build_client_work`).
       trainable_schedule: See `build_client_work`.
+      bn_statistics: ``"average"`` makes the mean of the clients' non-trainable
+        variables (BatchNorm moving statistics) after training the global
+        model's, every round, as the official FedLUAR code does; ``"local"``
+        keeps the server's values (TFF's behaviour).
 
     Returns:
       A `tff.learning.templates.LearningProcess`.
@@ -199,6 +251,7 @@ def build_learning_process(
         proximal_strength=proximal_strength,
         client_weighting=client_weighting,
         trainable_schedule=trainable_schedule,
+        bn_statistics=bn_statistics,
     )
     initial_weights, weights_type, _, _ = model_types(model_fn)
     if server_optimizer is None:
@@ -206,10 +259,45 @@ def build_learning_process(
     aggregator = (model_aggregator or tff.aggregators.MeanFactory()).create(
         weights_type.trainable, tff.TensorType(np.float32)
     )
-    return tff.learning.templates.compose_learning_process(
+    process = tff.learning.templates.compose_learning_process(
         initial_weights,
         tff.learning.templates.build_broadcast_process(weights_type),
         client_work,
         aggregator,
         tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+    )
+    if bn_statistics == "local" or not weights_type.non_trainable:
+        return process
+    return _with_averaged_statistics(process)
+
+
+def _with_averaged_statistics(process):
+    """After each round, the global non-trainable variables become the client mean."""
+    state_type = process.initialize.type_signature.result.member
+
+    @tff.tensorflow.computation(state_type)
+    def adopt(state):
+        weights = state.global_model_weights
+        weights = tff.learning.models.ModelWeights(
+            trainable=weights.trainable,
+            non_trainable=type(weights.non_trainable)(state.client_work["non_trainable"]),
+        )
+        return state._replace(global_model_weights=weights)
+
+    param = process.next.type_signature.parameter
+
+    @tff.federated_computation(param[0], param[1])
+    def next_fn(state, data):
+        output = process.next(state, data)
+        return tff.learning.templates.LearningProcessOutput(
+            tff.federated_map(adopt, output.state), output.metrics
+        )
+
+    return tff.learning.templates.LearningProcess(
+        process.initialize,
+        next_fn,
+        process.get_model_weights,
+        process.set_model_weights,
+        get_hparams_fn=process.get_hparams,
+        set_hparams_fn=process.set_hparams,
     )

@@ -77,7 +77,11 @@ from keras_luar._validation import (
     check_int,
     check_weighted_factory,
 )
-from keras_luar.algorithms.client_work import ClientWeighting, build_learning_process
+from keras_luar.algorithms.client_work import (
+    BnStatistics,
+    ClientWeighting,
+    build_learning_process,
+)
 from keras_luar.algorithms.stateful import communication_measurements
 
 
@@ -787,6 +791,7 @@ def build_fedpart(
     full_rounds_between_cycles: int = 5,
     client_weighting: ClientWeighting = "example",
     seed: int = 0,
+    bn_statistics: BnStatistics = "local",
 ) -> tff.learning.templates.LearningProcess:
     """Builds FedPart as a TFF learning process.
 
@@ -795,8 +800,9 @@ def build_fedpart(
     global weights with a fresh client optimizer, send only that group, and
     the server averages it weighted by the clients' numbers of examples
     (`PartialUpdateFactory`) before the server optimizer applies it.
-    BatchNorm moving statistics keep the server's values (see the module
-    docstring).
+    BatchNorm moving statistics keep the server's values by default (see the
+    module docstring); ``bn_statistics="average"`` averages them over the
+    clients every round instead (see `build_learning_process`).
 
     Args:
       model_fn: A no-argument callable returning a new
@@ -859,4 +865,5 @@ def build_fedpart(
         model_aggregator=PartialUpdateFactory(mask_fn, group_schedule=schedule.group_index),
         client_weighting=client_weighting,
         trainable_schedule=mask_fn,
+        bn_statistics=bn_statistics,
     )
