@@ -17,3 +17,16 @@ __all__ = [
     "partition_dirichlet",
     "partition_iid",
 ]
+
+from keras_luar.data.femnist import load_femnist_federated  # noqa: E402
+from keras_luar.data.shakespeare import load_shakespeare_federated  # noqa: E402
+
+__all__ += ["load_femnist_federated", "load_shakespeare_federated"]
+
+from keras_luar.data.agnews import load_agnews_federated, load_agnews_vocabulary  # noqa: E402
+
+__all__ += ["load_agnews_federated", "load_agnews_vocabulary"]
+
+from keras_luar.data.cifar import load_cifar10_federated, load_cifar100_federated  # noqa: E402
+
+__all__ += ["load_cifar10_federated", "load_cifar100_federated"]
