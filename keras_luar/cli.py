@@ -149,17 +149,28 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _add_run(subparsers) -> None:
+    from keras_luar.algorithms.registry import ALGORITHMS
+    from keras_luar.presets import PRESETS
+
     parser = subparsers.add_parser(
         "run",
-        help="train one method on the embedded digits data and save its History",
+        help="train one method on the embedded digits data or a paper preset; save its History",
         description=(
-            "Trains the digits CNN with FederatedTrainer and one method, printing one line per "
+            "Trains the digits CNN (or, with --preset, one of the paper's benchmarks with the "
+            "paper's settings) with FederatedTrainer and one method, printing one line per "
             "round; optionally writes the History as CSV and/or JSON and checkpoints every "
-            "round (a second run with the same --checkpoint-dir resumes)."
+            "round (a second run with the same --checkpoint-dir resumes). With --preset, "
+            "--rounds, --seed and --num-recycled-layers override the paper's values when "
+            "given; the other digits options do not apply."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--algorithm", choices=["fedluar", "fedavg"], default="fedluar")
+    parser.add_argument("--algorithm", choices=list(ALGORITHMS), default="fedluar")
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), default=None,
+        help="a paper benchmark (needs its data in --data-dir or $KERAS_LUAR_DATA)",
+    )
+    parser.add_argument("--data-dir", default=None, help="data cache for --preset")
     _add_common(parser, seeds=False)
     parser.add_argument(
         "--server-learning-rate", type=_positive_float, default=None,
@@ -172,10 +183,49 @@ def _add_run(subparsers) -> None:
     parser.set_defaults(handler=_run)
 
 
+def _run_preset(args: argparse.Namespace):
+    import tensorflow as tf
+
+    from keras_luar.data.cache import MissingDataError
+    from keras_luar.presets import PRESETS
+
+    try:
+        preset = PRESETS[args.preset](data_dir=args.data_dir, seed=args.seed)
+    except MissingDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    overrides = {}
+    if "--num-recycled-layers" in args.given or "--delta" in args.given:
+        overrides["num_recycled_layers"] = args.num_recycled_layers
+    if args.server_learning_rate is not None:
+        overrides["server_optimizer"] = tf.keras.optimizers.SGD(args.server_learning_rate)
+    trainer = preset.trainer(algorithm=args.algorithm, seed=args.seed, **overrides)
+    rounds = args.rounds if "--rounds" in args.given else None
+    s = preset.settings
+    print(
+        f"keras-luar run --preset {preset.name}: {len(preset.data.client_ids)} clients, "
+        f"{s.clients_per_round} per round, {rounds or s.rounds} rounds, τ={s.local_steps}, "
+        f"batch {s.batch_size}, lr {s.learning_rate} (×{s.decay_factor} at {s.decay_rounds}), "
+        f"weight decay {s.weight_decay}, {args.algorithm}",
+        flush=True,
+    )
+    return preset.fit(
+        trainer, rounds=rounds, verbose=args.verbose, checkpoint_dir=args.checkpoint_dir
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from keras_luar.history_io import write_history_csv, write_history_json
     from keras_luar.quickstart import digits_data, fit_digits, make_digits_trainer
 
+    if args.preset is not None:
+        try:
+            history = _run_preset(args)
+        except (ValueError, TypeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if history is None:
+            return 2
+        return _write_and_report(args, history)
     if not _check_clients(args):
         return 2
     setup = _setup_from(args)
@@ -197,6 +247,12 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return _write_and_report(args, history)
+
+
+def _write_and_report(args: argparse.Namespace, history) -> int:
+    from keras_luar.history_io import write_history_csv, write_history_json
+
     if args.history_csv:
         write_history_csv(history, args.history_csv)
     if args.history_json:
@@ -312,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `keras-luar` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,0 +1,358 @@
+"""The paper's benchmarks, one call away: model, data and the paper's settings.
+
+Each preset returns a `Preset`: the reference model (`keras_luar.models`), the
+federated data (`keras_luar.data` loaders, which read the cache directory and
+fail at once, saying what to download, when the data is missing) and
+`PaperSettings`, the hyper-parameters of the FedLUAR paper (its Table 5 and
+the official code's configuration):
+
+| preset | model | clients | rounds | batch | lr (×0.1 at) | weight decay | δ |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| `cifar10_resnet20` | ResNet-20 | 32 of 128, Dir(0.1) | 200 | 32 | 0.2 (100, 150) | 1e-4 | 12 |
+| `cifar100_wrn28` | WRN-28-10 | 32 of 128, Dir(0.1) | 300 | 32 | 0.1 (150, 200) | 5e-4 | 12 |
+| `femnist_cnn` | FEMNIST CNN | 32 of 128 writers | 200 | 20 | 0.01 (100, 150) | 1e-4 | 2 |
+| `agnews_text` | small transformer | 32 of 128, Dir(0.5) | 100 | 128 | see below (60, 80) | 1e-4 | ¾·L |
+| `shakespeare` | character LSTM | 32 roles | 100 | 10 | 1.0 | 0 | 2 |
+
+Every client runs τ = 20 local SGD steps with momentum 0.9 (Shakespeare: no
+momentum), fresh each round. `keras-luar run --preset NAME` runs a preset
+from the command line.
+
+Where a preset is not the paper's run, it says so:
+
+* AG News: the paper fine-tunes a pretrained DistilBERT (about 40 candidate
+  layers, δ = 30, learning rate 1e-5). keras_luar downloads no pretrained
+  weights, so the preset trains a small transformer from scratch
+  (`keras_luar.models.text_classifier`) with δ = round(30/40 · L) and a
+  learning rate of 0.05, a value chosen for training from scratch that has
+  not been tuned on the real data here.
+* Shakespeare is not in the FedLUAR paper; its settings follow the
+  character-LSTM setup of McMahan et al. (2017) and TFF's tutorial
+  (learning rate 1.0, batch 10), with the paper's τ and client counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from keras_luar import layers
+from keras_luar.data.digits import FederatedData
+from keras_luar.trainer import FederatedTrainer
+
+VOCABULARY_SIZE = 20_000  # AG News word vocabulary, built from the training split
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperSettings:
+    """Hyper-parameters of one benchmark run.
+
+    Attributes:
+      rounds: Federated rounds.
+      clients_per_round: Clients sampled per round.
+      local_steps: τ, local optimizer steps per client and round.
+      batch_size: Local batch size.
+      learning_rate: Initial client learning rate.
+      momentum: Client SGD momentum.
+      decay_rounds: Rounds at whose start the learning rate is multiplied by
+        `decay_factor`.
+      decay_factor: The learning-rate decay factor.
+      weight_decay: L2 coefficient built into the model's regularizers.
+      num_recycled_layers: FedLUAR's δ.
+    """
+
+    rounds: int
+    clients_per_round: int
+    local_steps: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    decay_rounds: tuple[int, ...]
+    decay_factor: float
+    weight_decay: float
+    num_recycled_layers: int
+
+    def learning_rate_at(self, round_num: int) -> float:
+        """The client learning rate of `round_num` (0-based)."""
+        steps = sum(round_num >= r for r in self.decay_rounds)
+        return self.learning_rate * self.decay_factor**steps
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preset:
+    """A benchmark ready to train.
+
+    Attributes:
+      name: The preset's name, e.g. ``"cifar10_resnet20"``.
+      model: The reference Keras model (uncompiled, logits).
+      data: The federated data.
+      settings: The paper's hyper-parameters, adapted to the data at hand
+        (`clients_per_round` never exceeds the number of clients).
+      paper: The paper's results for this benchmark, for comparison:
+        ``{"FedAvg": (accuracy %, comm), "FedLUAR": (accuracy %, comm)}``.
+    """
+
+    name: str
+    model: tf.keras.Model
+    data: FederatedData
+    settings: PaperSettings
+    paper: dict[str, tuple[float, float]]
+
+    def trainer(
+        self, *, algorithm: str = "fedluar", seed: int = 0, **kwargs: Any
+    ) -> FederatedTrainer:
+        """A `FederatedTrainer` for this preset's model with the paper's settings.
+
+        Args:
+          algorithm: Any `FederatedTrainer` algorithm.
+          seed: The run's seed.
+          **kwargs: Overrides of `FederatedTrainer` arguments (e.g.
+            ``num_recycled_layers``) and the algorithm's options.
+
+        Returns:
+          The trainer. Its client optimizer is SGD with the preset's learning
+          rate and momentum; `fit` applies the decay.
+        """
+        s = self.settings
+        options: dict[str, Any] = dict(
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            algorithm=algorithm,
+            num_recycled_layers=s.num_recycled_layers if algorithm == "fedluar" else None,
+            local_steps=s.local_steps,
+            batch_size=s.batch_size,
+            client_optimizer=tf.keras.optimizers.SGD(s.learning_rate, momentum=s.momentum),
+            seed=seed,
+        )
+        options.update(kwargs)
+        return FederatedTrainer(self.model, **options)
+
+    def fit(
+        self,
+        trainer: FederatedTrainer,
+        *,
+        rounds: int | None = None,
+        callbacks: list[tf.keras.callbacks.Callback] | None = None,
+        **fit_kwargs: Any,
+    ) -> tf.keras.callbacks.History:
+        """Runs `trainer.fit` with the preset's rounds, clients, decay and test data.
+
+        Args:
+          trainer: A trainer from `trainer`.
+          rounds: Fewer (or more) rounds than the paper's; the decay rounds stay
+            where the paper has them.
+          callbacks: More Keras callbacks.
+          **fit_kwargs: Passed to `FederatedTrainer.fit` (``verbose``,
+            ``checkpoint_dir``, ...).
+
+        Returns:
+          The History.
+        """
+        s = self.settings
+        schedule = tf.keras.callbacks.LearningRateScheduler(lambda r, lr: s.learning_rate_at(r))
+        return trainer.fit(
+            self.data,
+            rounds=s.rounds if rounds is None else rounds,
+            clients_per_round=s.clients_per_round,
+            validation_data=self.data.test_dataset(256),
+            callbacks=[schedule, *(callbacks or [])],
+            **fit_kwargs,
+        )
+
+
+def _settings(data: FederatedData, **values: Any) -> PaperSettings:
+    values.setdefault("clients_per_round", 32)
+    values["clients_per_round"] = min(values["clients_per_round"], len(data.client_ids))
+    values.setdefault("local_steps", 20)
+    values.setdefault("momentum", 0.9)
+    values.setdefault("decay_factor", 0.1)
+    return PaperSettings(**values)
+
+
+def _build(name, model_fn: Callable[[], tf.keras.Model], data, paper, **settings) -> Preset:
+    return Preset(name, model_fn(), data, _settings(data, **settings), paper)
+
+
+def cifar10_resnet20(
+    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
+) -> Preset:
+    """CIFAR-10 with ResNet-20: 128 clients, Dirichlet α = 0.1, δ = 12, 200 rounds.
+
+    Args:
+      data_dir: The data cache (see `keras_luar.data.cache`).
+      download: Whether to try downloading missing data.
+      num_clients: Clients of the Dirichlet split.
+      seed: Seeds the split and the model's initial weights.
+
+    Returns:
+      The `Preset`.
+
+    Raises:
+      keras_luar.data.cache.MissingDataError: If the data is missing.
+    """
+    from keras_luar.data.cifar import load_cifar10_federated
+    from keras_luar.models import resnet20
+
+    data = load_cifar10_federated(num_clients, 0.1, seed, data_dir=data_dir, download=download)
+    tf.keras.utils.set_random_seed(seed)
+    return _build(
+        "cifar10_resnet20",
+        lambda: resnet20(num_classes=10, weight_decay=1e-4),
+        data,
+        {"FedAvg": (61.27, 1.00), "FedLUAR": (60.15, 0.47)},
+        rounds=200, batch_size=32, learning_rate=0.2, decay_rounds=(100, 150),
+        weight_decay=1e-4, num_recycled_layers=12,
+    )  # fmt: skip
+
+
+def cifar100_wrn28(
+    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
+) -> Preset:
+    """CIFAR-100 with WRN-28-10: 128 clients, Dirichlet α = 0.1, δ = 12, 300 rounds.
+
+    Args:
+      data_dir: The data cache (see `keras_luar.data.cache`).
+      download: Whether to try downloading missing data.
+      num_clients: Clients of the Dirichlet split.
+      seed: Seeds the split and the model's initial weights.
+
+    Returns:
+      The `Preset`.
+
+    Raises:
+      keras_luar.data.cache.MissingDataError: If the data is missing.
+    """
+    from keras_luar.data.cifar import load_cifar100_federated
+    from keras_luar.models import wrn28_10
+
+    data = load_cifar100_federated(num_clients, 0.1, seed, data_dir=data_dir, download=download)
+    tf.keras.utils.set_random_seed(seed)
+    return _build(
+        "cifar100_wrn28",
+        lambda: wrn28_10(num_classes=100, weight_decay=5e-4),
+        data,
+        {"FedAvg": (59.88, 1.00), "FedLUAR": (59.73, 0.61)},
+        rounds=300, batch_size=32, learning_rate=0.1, decay_rounds=(150, 200),
+        weight_decay=5e-4, num_recycled_layers=12,
+    )  # fmt: skip
+
+
+def femnist_cnn(
+    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
+) -> Preset:
+    """FEMNIST with the paper's CNN: 128 writers, δ = 2, 200 rounds.
+
+    Args:
+      data_dir: The data cache (see `keras_luar.data.cache`).
+      download: Whether to try downloading missing data.
+      num_clients: Writers (clients) to use.
+      seed: Seeds the choice of writers and the model's initial weights.
+
+    Returns:
+      The `Preset`.
+
+    Raises:
+      keras_luar.data.cache.MissingDataError: If the data is missing.
+    """
+    from keras_luar.data.femnist import load_femnist_federated
+    from keras_luar.models import femnist_cnn as model
+
+    data = load_femnist_federated(num_clients, seed=seed, data_dir=data_dir, download=download)
+    tf.keras.utils.set_random_seed(seed)
+    return _build(
+        "femnist_cnn",
+        lambda: model(num_classes=62, weight_decay=1e-4),
+        data,
+        {"FedAvg": (71.01, 1.00), "FedLUAR": (73.17, 0.18)},
+        rounds=200, batch_size=20, learning_rate=0.01, decay_rounds=(100, 150),
+        weight_decay=1e-4, num_recycled_layers=2,
+    )  # fmt: skip
+
+
+def agnews_text(
+    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
+) -> Preset:
+    """AG News with a small transformer: 128 clients, Dirichlet α = 0.5, 100 rounds.
+
+    See the module docstring for how this differs from the paper's DistilBERT run.
+
+    Args:
+      data_dir: The data cache (see `keras_luar.data.cache`).
+      download: Whether to try downloading missing data.
+      num_clients: Clients of the Dirichlet split.
+      seed: Seeds the split and the model's initial weights.
+
+    Returns:
+      The `Preset`.
+
+    Raises:
+      keras_luar.data.cache.MissingDataError: If the data is missing.
+    """
+    from keras_luar.data.agnews import load_agnews_federated
+    from keras_luar.models import text_classifier
+
+    data = load_agnews_federated(
+        num_clients, 0.5, seed, data_dir=data_dir, download=download,
+        vocabulary_size=VOCABULARY_SIZE,
+    )  # fmt: skip
+    tf.keras.utils.set_random_seed(seed)
+    # The loader's vocabulary has at most `vocabulary_size` ids (0 padding, 1 unknown).
+    model = text_classifier(
+        vocabulary_size=VOCABULARY_SIZE, sequence_length=data.input_shape[0], num_classes=4
+    )
+    num_candidates = layers.describe_model(model).num_candidates
+    delta = min(max(1, round(30 / 40 * num_candidates)), num_candidates - 1)
+    return _build(
+        "agnews_text",
+        lambda: model,
+        data,
+        {"FedAvg": (82.66, 1.00), "FedLUAR": (82.80, 0.17)},
+        rounds=100, batch_size=128, learning_rate=0.05, decay_rounds=(60, 80),
+        weight_decay=1e-4, num_recycled_layers=delta,
+    )  # fmt: skip
+
+
+def shakespeare(
+    *, data_dir: Any = None, download: bool = True, num_clients: int | None = None, seed: int = 0
+) -> Preset:
+    """Shakespeare next-character prediction with a character LSTM (not in the paper).
+
+    Args:
+      data_dir: The data cache (see `keras_luar.data.cache`).
+      download: Whether to try downloading missing data.
+      num_clients: Speaking roles to use (None: all).
+      seed: Seeds the choice of roles and the model's initial weights.
+
+    Returns:
+      The `Preset`.
+
+    Raises:
+      keras_luar.data.cache.MissingDataError: If the data is missing.
+    """
+    from keras_luar.data.shakespeare import load_shakespeare_federated
+    from keras_luar.models import char_rnn
+
+    data = load_shakespeare_federated(
+        num_clients, seed=seed, data_dir=data_dir, download=download
+    )
+    tf.keras.utils.set_random_seed(seed)
+    return _build(
+        "shakespeare",
+        lambda: char_rnn(vocabulary_size=data.num_classes, sequence_length=data.input_shape[0]),
+        data,
+        {},
+        rounds=100, batch_size=10, learning_rate=1.0, momentum=0.0, decay_rounds=(),
+        weight_decay=0.0, num_recycled_layers=2,
+    )  # fmt: skip
+
+
+PRESETS: dict[str, Callable[..., Preset]] = {
+    "cifar10_resnet20": cifar10_resnet20,
+    "cifar100_wrn28": cifar100_wrn28,
+    "femnist_cnn": femnist_cnn,
+    "agnews_text": agnews_text,
+    "shakespeare": shakespeare,
+}
