@@ -15,7 +15,8 @@ the official code's configuration):
 | `shakespeare` | character LSTM | 32 roles | 100 | 10 | 1.0 | 0 | 2 |
 
 Every client runs τ = 20 local SGD steps with momentum 0.9 (Shakespeare: no
-momentum), fresh each round. `keras-luar run --preset NAME` runs a preset
+momentum), fresh each round. The CIFAR presets augment training images as the
+official code does (pad 4, random 32×32 crop, random horizontal flip). `keras-luar run --preset NAME` runs a preset
 from the command line.
 
 Where a preset is not the paper's run, it says so:
@@ -40,6 +41,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_luar import layers
+from keras_luar.data.augment import random_crop_flip
 from keras_luar.data.digits import FederatedData
 from keras_luar.trainer import FederatedTrainer
 
@@ -93,6 +95,8 @@ class Preset:
         (`clients_per_round` never exceeds the number of clients).
       paper: The paper's results for this benchmark, for comparison:
         ``{"FedAvg": (accuracy %, comm), "FedLUAR": (accuracy %, comm)}``.
+      augmentation: The official code's training augmentation, if any (CIFAR:
+        `keras_luar.data.augment.random_crop_flip`), given to the trainer.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Preset:
     data: FederatedData
     settings: PaperSettings
     paper: dict[str, tuple[float, float]]
+    augmentation: Any = None
 
     def trainer(
         self, *, algorithm: str = "fedluar", seed: int = 0, **kwargs: Any
@@ -125,6 +130,7 @@ class Preset:
             local_steps=s.local_steps,
             batch_size=s.batch_size,
             client_optimizer=tf.keras.optimizers.SGD(s.learning_rate, momentum=s.momentum),
+            augmentation=self.augmentation,
             seed=seed,
         )
         options.update(kwargs)
@@ -172,8 +178,10 @@ def _settings(data: FederatedData, **values: Any) -> PaperSettings:
     return PaperSettings(**values)
 
 
-def _build(name, model_fn: Callable[[], tf.keras.Model], data, paper, **settings) -> Preset:
-    return Preset(name, model_fn(), data, _settings(data, **settings), paper)
+def _build(
+    name, model_fn: Callable[[], tf.keras.Model], data, paper, augmentation=None, **settings
+) -> Preset:
+    return Preset(name, model_fn(), data, _settings(data, **settings), paper, augmentation)
 
 
 def cifar10_resnet20(
@@ -203,6 +211,7 @@ def cifar10_resnet20(
         lambda: resnet20(num_classes=10, weight_decay=1e-4),
         data,
         {"FedAvg": (61.27, 1.00), "FedLUAR": (60.15, 0.47)},
+        augmentation=random_crop_flip(4),
         rounds=200, batch_size=32, learning_rate=0.2, decay_rounds=(100, 150),
         weight_decay=1e-4, num_recycled_layers=12,
     )  # fmt: skip
@@ -235,6 +244,7 @@ def cifar100_wrn28(
         lambda: wrn28_10(num_classes=100, weight_decay=5e-4),
         data,
         {"FedAvg": (59.88, 1.00), "FedLUAR": (59.73, 0.61)},
+        augmentation=random_crop_flip(4),
         rounds=300, batch_size=32, learning_rate=0.1, decay_rounds=(150, 200),
         weight_decay=5e-4, num_recycled_layers=12,
     )  # fmt: skip

@@ -68,6 +68,10 @@ class FederatedTrainer:
         FedAvg, FedLUAR, FedProx, FedOpt and FedPAQ); ``"local"`` keeps the
         server's values (the default for FedLAMA, LBGM and FedPart, whose
         official code never averages them; FedLAMA and LBGM support only this).
+      augmentation: Optional ``fn(x, seed) -> x`` applied to every training
+        example of unbatched client data in every round, after the shuffle, with
+        a stateless seed that differs per run, round, client and example (e.g.
+        `keras_luar.data.augment.random_crop_flip()`, the official CIFAR one).
       seed: Seeds client sampling (by (seed, round)), local shuffling and the
         methods' randomness.
       **algorithm_options: The chosen algorithm's options: ``proximal_strength``
@@ -103,6 +107,7 @@ class FederatedTrainer:
         server_optimizer: Any = None,
         client_weighting: str | None = None,
         bn_statistics: str | None = None,
+        augmentation: Any = None,
         seed: int = 0,
         **algorithm_options: Any,
     ):
@@ -206,6 +211,12 @@ class FederatedTrainer:
                 f"algorithm {algorithm!r}. Received: bn_statistics={bn_statistics!r}"
             )
         self.bn_statistics = bn_statistics
+        if augmentation is not None and not callable(augmentation):
+            raise TypeError(
+                "Invalid value for argument `augmentation`. Expected None or a function "
+                f"(x, seed) -> x. Received: augmentation of type {type(augmentation).__name__}"
+            )
+        self.augmentation = augmentation
         if self._layout.non_trainable and bn_statistics == "local":
             warnings.warn(
                 "The model has non-trainable variables "
@@ -300,8 +311,19 @@ class FederatedTrainer:
         """One round's local data of a client: τ batches, shuffled unless pre-batched."""
         if batched:
             return ds.repeat().take(self.local_steps)
-        ds = ds.shuffle(buffer, seed=shuffle_seed)
-        return ds.repeat().batch(self.batch_size).take(self.local_steps)
+        ds = ds.shuffle(buffer, seed=shuffle_seed).repeat()
+        if self.augmentation is not None:
+            augment, run_seed = self.augmentation, self.seed
+
+            def augmented(index, element):
+                seed = tf.random.experimental.stateless_fold_in(
+                    tf.stack([tf.cast(shuffle_seed, tf.int64), index]), run_seed
+                )
+                x, *rest = element
+                return (augment(x, seed), *rest)
+
+            ds = ds.take(self.local_steps * self.batch_size).enumerate().map(augmented)
+        return ds.batch(self.batch_size).take(self.local_steps)
 
     @staticmethod
     def _shuffle_seed(round_num: int, client_index: int) -> int:
@@ -400,6 +422,11 @@ class FederatedTrainer:
             num_outputs=int(self.model.output_shape[-1]),
             scan=validate_data,
         )
+        if batched and self.augmentation is not None:
+            raise ValueError(
+                "Invalid value for argument `client_data`. `augmentation` works on single "
+                "examples; pass unbatched client datasets. Received: batched datasets"
+            )
         if client_data_cache not in ("auto", "memory", "files"):
             raise ValueError(
                 "Invalid value for argument `client_data_cache`. Expected 'auto', 'memory' or "
@@ -612,6 +639,7 @@ class FederatedTrainer:
             "algorithm_options": {k: v for k, v in self.algorithm_options.items()},
             "client_weighting": self.client_weighting,
             "bn_statistics": self.bn_statistics,
+            "augmentation": getattr(self.augmentation, "__qualname__", None),
             "num_recycled_layers": self.num_recycled_layers,
             "seed": self.seed,
             "local_steps": self.local_steps,

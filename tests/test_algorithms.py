@@ -205,3 +205,50 @@ def test_fedlama_and_lbgm_cannot_average_batchnorm_statistics():
     for algorithm in ("fedlama", "lbgm"):
         with pytest.raises(ValueError, match=r"bn_statistics.*\('local',\).*'average'"):
             _trainer(algorithm=algorithm, num_recycled_layers=None, bn_statistics="average")
+
+
+def test_augmentation_is_applied_to_every_training_example():
+    """Negating inputs by augmentation trains exactly like negated data."""
+    x, y, parts = _client_data()
+    negated = _trainer(augmentation=lambda image, seed: -image)
+    plain = _trainer()
+    fit = dict(rounds=2, clients_per_round=PER_ROUND, verbose=0)
+    h1 = negated.fit((x, y, parts), **fit)
+    h2 = plain.fit((-x, y, parts), **fit)
+    assert _comparable(h1) == _comparable(h2)
+    for a, b in zip(_weights(negated.model), _weights(plain.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_random_crop_flip_is_a_seeded_crop_of_the_padded_image():
+    from keras_luar.data.augment import random_crop_flip
+
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5, 2)).astype(np.float32)
+    augment = random_crop_flip(2)
+    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+    outputs = []
+    for s in range(12):
+        out = augment(tf.constant(image), tf.constant([s, 7], tf.int64)).numpy()
+        candidates = [
+            c
+            for dy in range(5)
+            for dx in range(5)
+            for c in (padded[dy : dy + 6, dx : dx + 5], padded[dy : dy + 6, dx : dx + 5][:, ::-1])
+        ]
+        assert any(np.array_equal(out, c) for c in candidates)
+        again = augment(tf.constant(image), tf.constant([s, 7], tf.int64)).numpy()
+        np.testing.assert_array_equal(out, again)
+        outputs.append(out.tobytes())
+    assert len(set(outputs)) > 6  # seeds give different crops and flips
+    with pytest.raises(ValueError, match="padding"):
+        random_crop_flip(-1)
+
+
+def test_augmentation_refuses_batched_client_data():
+    x, y, parts = _client_data()
+    batched = [tf.data.Dataset.from_tensor_slices((x[p], y[p])).batch(4) for p in parts]
+    with pytest.raises(ValueError, match="augmentation.*unbatched"):
+        _trainer(augmentation=lambda image, seed: image).fit(
+            batched, rounds=1, clients_per_round=PER_ROUND, verbose=0
+        )

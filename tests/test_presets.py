@@ -108,3 +108,10 @@ def test_presets_registry_names_the_issue_benchmarks():
         "femnist_cnn", "cifar10_resnet20", "cifar100_wrn28", "agnews_text", "shakespeare",
     }  # fmt: skip
     assert all(callable(f) for f in presets.PRESETS.values())
+
+
+def test_cifar_presets_augment_like_the_official_code(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    preset = presets.cifar10_resnet20(data_dir=tmp_path, download=False, num_clients=2)
+    assert preset.augmentation is not None
+    assert preset.trainer().augmentation is preset.augmentation
