@@ -11,6 +11,8 @@ paper's, and its number of candidates L is smaller, so δ has to be scaled
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
 
 from keras_luar.models._common import check_int, check_rate, check_weight_decay, l2
@@ -31,7 +33,7 @@ class PositionEmbedding(tf.keras.layers.Layer):
       **kwargs: Passed to `tf.keras.layers.Layer`.
     """
 
-    def __init__(self, sequence_length: int, initializer="uniform", **kwargs):
+    def __init__(self, sequence_length: int, initializer: Any = "uniform", **kwargs: Any):
         super().__init__(**kwargs)
         self.sequence_length = check_int("sequence_length", sequence_length, 1)
         self.initializer = tf.keras.initializers.get(initializer)
