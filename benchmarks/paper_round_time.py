@@ -16,6 +16,8 @@ not counted: rounds 2.. are averaged.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -86,10 +88,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="rounds timed (the first is dropped)")
     parser.add_argument("--full", action="store_true", help="time 32 clients × 20 steps")
     args = parser.parse_args()
+    if len(args.only) > 1:
+        # One process per benchmark: each gets a fresh TFF worker and Keras state.
+        rest = [a for a in sys.argv[1:] if a not in args.only and a != "--only"]
+        for name in args.only:
+            subprocess.run([sys.executable, __file__, "--only", name, *rest], check=True)
+        return
     clients, steps = (PAPER_CLIENTS, PAPER_STEPS) if args.full else (args.clients, args.steps)
     print(
         f"keras_luar {keras_luar.__version__}, TFF CPU runtime; timed {clients} clients × "
-        f"{steps} steps, mean of rounds 2..{args.rounds}"
+        f"{steps} steps, mean of rounds 2..{args.rounds}",
+        flush=True,
     )
     for name in args.only:
         began = time.perf_counter()
