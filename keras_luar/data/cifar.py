@@ -41,7 +41,6 @@ import tempfile
 import urllib.request
 
 import numpy as np
-import tensorflow as tf
 
 from keras_luar.data.cache import data_root, missing_data_error
 from keras_luar.data.digits import FederatedData
@@ -265,20 +264,8 @@ def _load_cifar(
         x_test /= std
 
     parts = partition_dirichlet(x_train, y_train, num_clients, alpha, min_size=min_size, seed=seed)
-    # Zero-padded ids keep lexicographic and numeric order the same.
-    width = max(3, len(str(num_clients - 1)))
-    client_arrays = {
-        f"client_{i:0{width}d}": (x_train[idx], y_train[idx]) for i, idx in enumerate(parts)
-    }
-    client_data = {
-        cid: tf.data.Dataset.from_tensor_slices(arrays) for cid, arrays in client_arrays.items()
-    }
-    return FederatedData(
-        client_data=client_data,
-        client_arrays=client_arrays,
-        test_data=(x_test, y_test),
-        num_classes=spec.num_classes,
-        input_shape=IMAGE_SHAPE,
+    return FederatedData.from_partition(
+        x_train, y_train, parts, (x_test, y_test), spec.num_classes, IMAGE_SHAPE
     )
 
 

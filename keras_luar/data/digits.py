@@ -52,6 +52,37 @@ class FederatedData:
     num_classes: int
     input_shape: tuple[int, ...]
 
+    @classmethod
+    def from_partition(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        parts: list[np.ndarray],
+        test_data: tuple[np.ndarray, np.ndarray],
+        num_classes: int,
+        input_shape: tuple[int, ...],
+    ) -> FederatedData:
+        """Builds the clients ``client_000``, ... from index arrays into ``(x, y)``.
+
+        Args:
+          x: All training inputs.
+          y: All training labels.
+          parts: One index array per client (e.g. from `partition_dirichlet`).
+          test_data: The held-out ``(x_test, y_test)``.
+          num_classes: Number of classes.
+          input_shape: Shape of one example.
+
+        Returns:
+          The `FederatedData`.
+        """
+        # Zero-padded ids keep lexicographic and numeric order the same.
+        width = max(3, len(str(len(parts) - 1)))
+        client_arrays = {f"client_{i:0{width}d}": (x[idx], y[idx]) for i, idx in enumerate(parts)}
+        client_data = {
+            cid: tf.data.Dataset.from_tensor_slices(arrays) for cid, arrays in client_arrays.items()
+        }
+        return cls(client_data, client_arrays, test_data, num_classes, tuple(input_shape))
+
     @property
     def client_ids(self) -> list[str]:
         """The client ids, in order."""
@@ -155,18 +186,6 @@ def load_digits_federated(
         parts = partition_dirichlet(
             x_train, y_train, num_clients, alpha, min_size=min_size, seed=seed
         )
-    # Zero-padded ids keep lexicographic and numeric order the same.
-    width = max(3, len(str(num_clients - 1)))
-    client_arrays = {
-        f"client_{i:0{width}d}": (x_train[idx], y_train[idx]) for i, idx in enumerate(parts)
-    }
-    client_data = {
-        cid: tf.data.Dataset.from_tensor_slices(arrays) for cid, arrays in client_arrays.items()
-    }
-    return FederatedData(
-        client_data=client_data,
-        client_arrays=client_arrays,
-        test_data=(x_test, y_test),
-        num_classes=num_classes,
-        input_shape=tuple(x.shape[1:]),
+    return FederatedData.from_partition(
+        x_train, y_train, parts, (x_test, y_test), num_classes, tuple(x.shape[1:])
     )
