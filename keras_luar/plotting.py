@@ -2,7 +2,10 @@
 
 `plot_accuracy_vs_communication` draws a metric against the upload spent so far,
 which is how communication-efficient methods are compared: a method is better
-where its curve lies further up and to the left.
+where its curve lies further up and to the left. `plot_aggregation_counts`
+shows how often each layer was aggregated fresh (the paper's Figure 3), and
+`plot_recycling_timeline` shows a LUAR run's layer scores round by round with
+the recycled layers marked. Each returns a matplotlib figure.
 """
 
 from __future__ import annotations
@@ -201,4 +204,183 @@ def plot_accuracy_vs_communication(
         ax.set_title(f"{ylabel} vs. communication")
         ax.set_xlim(left=0)
         ax.legend(loc="lower right")
+    return fig
+
+
+def _aggregation_counts(name: str, value: Any) -> Mapping[str, float]:
+    counts = getattr(value, "aggregation_counts", value)
+    if not isinstance(counts, Mapping) or not counts:
+        raise TypeError(
+            "Invalid value for argument `counts`. Expected a FederatedTrainer or a non-empty "
+            f"dict of variable name to count for {name!r}. Received: {type(value).__name__}"
+        )
+    return counts
+
+
+def plot_aggregation_counts(
+    counts: Mapping[str, Any],
+    *,
+    candidates_only: bool = True,
+    ax: Any = None,
+) -> Any:
+    """Bars of how many rounds each layer was aggregated fresh, one colour per method.
+
+    This is the paper's Figure 3: under FedAvg every layer is aggregated every
+    round, while FedLUAR recycles some layers more often than others (those
+    whose updates are small next to their weights). A recycled round does not
+    count; LBGM's scalar sends count by the fraction of clients that sent in full.
+
+    Args:
+      counts: Maps a method name to a `FederatedTrainer` after `fit` (its
+        ``aggregation_counts`` are read) or to such a dict of variable name to
+        count. Every method must cover the same variables.
+      candidates_only: Draw only the recycling candidates (trainable variables
+        of rank >= 2, the layers FedLUAR can recycle), recognised from a
+        trainer's layout or, for plain dicts, from a name ending in
+        ``kernel``, ``embeddings`` or ``weight``. False draws every variable.
+      ax: A matplotlib Axes to draw on; by default a new figure.
+
+    Returns:
+      The `matplotlib.figure.Figure` holding the plot.
+
+    Raises:
+      TypeError: If a value is neither a trainer nor a non-empty dict.
+      ValueError: If `counts` is empty or the methods cover different variables.
+
+    Examples:
+
+    >>> fig = plot_aggregation_counts({
+    ...     "FedAvg": {"conv/kernel": 30.0, "conv/bias": 30.0, "out/kernel": 30.0},
+    ...     "FedLUAR": {"conv/kernel": 21.0, "conv/bias": 30.0, "out/kernel": 11.0}})
+    >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    ['conv/kernel', 'out/kernel']
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not counts:
+        raise ValueError(
+            "Invalid value for argument `counts`. Expected at least one method. Received: {}"
+        )
+    tables = {name: _aggregation_counts(name, value) for name, value in counts.items()}
+    names = list(next(iter(tables.values())))
+    for method, table in tables.items():
+        if sorted(table) != sorted(names):
+            raise ValueError(
+                "Invalid value for argument `counts`. Expected every method to cover the same "
+                f"variables ({', '.join(names)}). Received for {method!r}: {', '.join(table)}"
+            )
+    if candidates_only:
+        layouts = [getattr(v, "layout", None) for v in counts.values()]
+        known = [lay for lay in layouts if lay is not None]
+        if known:
+            wanted = set(known[0].candidate_names)
+        else:
+            wanted = {n for n in names if n.rsplit("/", 1)[-1].split(":")[0]
+                      in ("kernel", "embeddings", "weight", "recurrent_kernel")}  # fmt: skip
+        names = [n for n in names if n in wanted] or names
+    x = np.arange(len(names))
+    width = 0.8 / len(tables)
+    with sns.axes_style("whitegrid"):
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) * len(tables) + 2), 4.2))
+        else:
+            fig = ax.figure
+        colors = sns.color_palette("tab10", n_colors=len(tables))
+        for k, ((method, table), color) in enumerate(zip(tables.items(), colors, strict=True)):
+            offset = (k - (len(tables) - 1) / 2) * width
+            ax.bar(x + offset, [table[n] for n in names], width, label=method, color=color)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+        ax.set_xlabel("Layer")
+        ax.set_ylabel("Rounds aggregated fresh")
+        ax.set_title("Per-layer aggregation counts")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+    return fig
+
+
+def plot_recycling_timeline(
+    history: HistoryLike,
+    *,
+    layer_names: Sequence[str],
+    ax: Any = None,
+) -> Any:
+    """Heatmap of each candidate layer's score over the rounds, recycled rounds marked.
+
+    Rows are the candidate layers, columns the rounds. A cell's colour is the
+    layer's score s_l = ||U_l|| / (||x_l|| + 1e-6) after that round (log
+    scale, darker is lower, so more likely to be recycled next); a cross marks
+    the rounds in which the layer was recycled (its score then stays as it was,
+    so a recycled stretch shows one flat colour).
+
+    Args:
+      history: A History (or its ``.history`` dict) of a LUAR run with
+        ``layer_scores`` and ``recycled_layers`` entries.
+      layer_names: The candidates' names in score order, i.e.
+        ``trainer.layout.candidate_names``.
+      ax: A matplotlib Axes to draw on; by default a new figure.
+
+    Returns:
+      The `matplotlib.figure.Figure` holding the plot.
+
+    Raises:
+      ValueError: If the History has no ``layer_scores``/``recycled_layers``
+        entries or their width differs from ``len(layer_names)``.
+
+    Examples:
+
+    >>> fig = plot_recycling_timeline(
+    ...     {"layer_scores": [[0.2, 0.01], [0.2, 0.03], [0.1, 0.03]],
+    ...      "recycled_layers": [[], ["out/kernel"], ["conv/kernel"]]},
+    ...     layer_names=["conv/kernel", "out/kernel"])
+    >>> len(fig.axes[0].collections[-1].get_offsets())  # the two recycled cells
+    2
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.colors import LogNorm
+
+    logs = history_dict(history)
+    for key in ("layer_scores", "recycled_layers"):
+        if key not in logs:
+            raise ValueError(
+                f"Invalid value for argument `history`. Expected a History of a LUAR run with "
+                f"a {key!r} entry. Received entries: {', '.join(sorted(logs)) or 'none'}"
+            )
+    names = list(layer_names)
+    scores = np.asarray(logs["layer_scores"], dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] != len(names):
+        raise ValueError(
+            "Invalid value for argument `layer_names`. Expected one name per score "
+            f"({scores.shape[-1] if scores.ndim == 2 else 0}). Received: {len(names)} names"
+        )
+    recycled = [(t, names.index(n)) for t, row in enumerate(logs["recycled_layers"]) for n in row]
+    positive = scores[scores > 0]
+    low, high = (positive.min(), positive.max()) if positive.size else (1e-6, 1.0)
+    with sns.axes_style("white"):
+        if ax is None:
+            fig, ax = plt.subplots(
+                figsize=(min(14.0, 3.0 + 0.25 * scores.shape[0]), 1.6 + 0.35 * len(names))
+            )
+        else:
+            fig = ax.figure
+        image = ax.imshow(
+            np.where(scores > 0, scores, np.nan).T,
+            aspect="auto",
+            cmap="viridis",
+            norm=LogNorm(vmin=low, vmax=max(high, low * 1.0001)),
+            interpolation="nearest",
+        )
+        fig.colorbar(image, ax=ax, label="score (update / weight norm)")
+        ax.scatter(
+            [t for t, _ in recycled], [j for _, j in recycled],
+            marker="x", color="white", s=28, linewidths=1.4, label="recycled",
+        )  # fmt: skip
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names)
+        ax.set_xlabel("Round")
+        ax.set_title("Layer scores and recycled layers per round")
+        ax.legend(loc="upper right", bbox_to_anchor=(1.0, 1.18), frameon=False)
+        fig.tight_layout()
     return fig

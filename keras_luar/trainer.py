@@ -398,7 +398,11 @@ class FederatedTrainer:
           the round's clients, ``val_`` metrics, ``upload_params``,
           ``upload_bytes``, ``comm_cost`` (cumulative upload relative to
           FedAvg), ``num_recycled``, ``num_dropped_clients``, ``round_time``
-          (seconds) and ``recycled_layers`` (names).
+          (seconds), ``recycled_layers`` (names) and ``layer_scores`` (the
+          candidates' scores s_l after the round, aligned with
+          ``trainer.layout.candidate_names``; FedAvg and the LUAR methods),
+          plus ``aggregated`` (per trainable variable, 1 if its fresh
+          aggregate was applied that round).
 
         Raises:
           ValueError / TypeError: For bad client data or arguments, before any round.
@@ -560,6 +564,7 @@ class FederatedTrainer:
                 callback_list.on_epoch_end(round_num, logs)
                 if uses_luar:
                     history.history.setdefault("recycled_layers", []).append(report["recycled"])
+                    history.history.setdefault("layer_scores", []).append(report["scores"])
                 history.history.setdefault("aggregated", []).append(report["aggregated"])
                 if checkpoint is not None:
                     checkpoint.save(state, round_num + 1, history.history, client_states)
@@ -588,6 +593,7 @@ class FederatedTrainer:
                 num_recycled=float(luar["num_recycled"]),
                 num_dropped_clients=float(luar["num_dropped_clients"]),
                 recycled=recycled,
+                scores=[float(v) for v in np.asarray(luar["scores"], np.float64)],
                 aggregated=[float(a) for a in aggregated],
             )
         comm = _find(metrics, "communication")

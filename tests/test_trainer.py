@@ -77,7 +77,7 @@ def test_history_structure_and_accounting():
     expected = {
         "loss", "accuracy", "val_loss", "val_accuracy", "upload_params", "upload_bytes",
         "comm_cost", "num_recycled", "num_dropped_clients", "round_time", "recycled_layers",
-        "aggregated",
+        "aggregated", "layer_scores",
     }  # fmt: skip
     assert set(history.history) == expected
     assert all(len(v) == ROUNDS for v in history.history.values())
@@ -107,6 +107,38 @@ def test_history_structure_and_accounting():
     # After fit the Keras model holds the global weights and evaluates like model.evaluate.
     result = trainer.evaluate((x, y), return_dict=True, verbose=0)
     assert result["loss"] == pytest.approx(history.history["val_loss"][-1], rel=1e-5)
+
+
+class _WeightsPerRound(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.before, self.after = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.before.append(_weights(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after.append(_weights(self.model))
+
+
+def test_layer_scores_are_update_to_weight_ratios_and_stay_stale_when_recycled():
+    trainer = _trainer()
+    seen = _WeightsPerRound()
+    history = _fit(trainer, callbacks=[seen])
+    names = [v.name for v in trainer.layout.trainable]
+    candidates = trainer.layout.candidate_names
+    scores = np.asarray(history.history["layer_scores"])
+    assert scores.shape == (ROUNDS, len(candidates))
+    for t in range(ROUNDS):
+        recycled = history.history["recycled_layers"][t]
+        for j, name in enumerate(candidates):
+            if name in recycled:  # not refreshed: the score of the round before
+                assert scores[t, j] == scores[t - 1, j]
+            else:  # the server applies the mean update as is: x_{t+1} - x_t
+                i = names.index(name)
+                before, after = seen.before[t][i], seen.after[t][i]
+                expected = np.linalg.norm(after - before) / (np.linalg.norm(before) + 1e-6)
+                assert scores[t, j] == pytest.approx(expected, rel=1e-4)
 
 
 def test_same_seed_same_history_and_weights():
