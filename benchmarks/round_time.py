@@ -1,12 +1,15 @@
-"""Round time of FederatedTrainer against a plain tf.function training loop.
+"""Round time of FederatedTrainer on each backend against a plain tf.function loop.
 
 One federated round trains `clients_per_round` clients for τ local steps each.
 The floor is one `tf.function` loop that does the same number of SGD steps
 (clients_per_round × τ) on the same model, batch size and device, with no
-federated machinery at all. Everything is measured in this one run, so the
-ratios are comparable even on a busy machine; absolute seconds are not.
+federated machinery at all. FedAvg and FedLUAR rounds are timed on both
+execution paths: ``tff`` (TFF's C++ worker) and ``tensorflow`` (the same
+computations in this process, `keras_luar.backends.InProcessContext`).
+Everything is measured in this one run, in turns, so the ratios are comparable
+even on a busy machine; absolute seconds are not.
 
-    uv run python benchmarks/round_time.py [--rounds 10] [--repeats 3]
+    uv run python benchmarks/round_time.py [--rounds 10] [--repeats 3] [--backends tff tensorflow]
 """
 
 from __future__ import annotations
@@ -63,8 +66,12 @@ def plain_loop_seconds(setup: DigitsSetup, data, repeats: int) -> list[float]:
     return seconds
 
 
-def trainer_seconds(setup: DigitsSetup, data, algorithm: str, delta: int) -> list[float]:
-    trainer = make_digits_trainer(setup, algorithm=algorithm, num_recycled_layers=delta, seed=0)
+def trainer_seconds(
+    setup: DigitsSetup, data, algorithm: str, delta: int, backend: str
+) -> list[float]:
+    trainer = make_digits_trainer(
+        setup, algorithm=algorithm, num_recycled_layers=delta, seed=0, backend=backend
+    )
     history = trainer.fit(
         data, rounds=setup.rounds, clients_per_round=setup.clients_per_round, verbose=0
     )
@@ -76,6 +83,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients-per-round", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=20)
+    parser.add_argument("--backends", nargs="+", default=["tff", "tensorflow"],
+                        choices=["tff", "tensorflow"])
     parser.add_argument(
         "--repeats", type=int, default=3,
         help="measure the three in turn this many times, so load drift hits all alike",
@@ -85,22 +94,32 @@ def main() -> None:
         rounds=args.rounds, clients_per_round=args.clients_per_round, local_steps=args.local_steps
     )
     data = digits_data(setup, seed=0)
-    seconds: dict[str, list[float]] = {"FedAvg round": [], "FedLUAR round": [], "plain tf.function": []}
+    names = [f"{m} {b}" for b in args.backends for m in ("FedAvg", "FedLUAR")]
+    seconds: dict[str, list[float]] = {name: [] for name in [*names, "plain tf.function"]}
     for _ in range(args.repeats):
-        seconds["FedAvg round"] += trainer_seconds(setup, data, "fedavg", 0)
-        seconds["FedLUAR round"] += trainer_seconds(setup, data, "fedluar", 2)
+        for backend in args.backends:
+            seconds[f"FedAvg {backend}"] += trainer_seconds(setup, data, "fedavg", 0, backend)
+            seconds[f"FedLUAR {backend}"] += trainer_seconds(setup, data, "fedluar", 2, backend)
         seconds["plain tf.function"] += plain_loop_seconds(setup, data, repeats=max(args.rounds - 1, 3))
     med = {name: statistics.median(v) for name, v in seconds.items()}
+    floor = med["plain tf.function"]
     steps = setup.clients_per_round * setup.local_steps
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(f"keras_luar {keras_luar.__version__}: digits CNN, {setup.clients_per_round} clients × "
           f"τ={setup.local_steps} = {steps} local steps per round, batch {setup.batch_size}, "
-          f"{args.repeats} repeats")
+          f"{args.repeats} repeats, TensorFlow sees: {device}")
     for name, value in med.items():
-        print(f"  {name:<18} median {value * 1000:8.1f} ms  ({len(seconds[name])} rounds)")
-    print(f"  FedAvg round / plain loop    = {med['FedAvg round'] / med['plain tf.function']:.2f}")
-    print(f"  FedLUAR round / plain loop   = {med['FedLUAR round'] / med['plain tf.function']:.2f}")
-    print(f"  FedLUAR round / FedAvg round = {med['FedLUAR round'] / med['FedAvg round']:.3f}")
-
+        print(f"  {name:<20} median {value * 1000:8.1f} ms  ({len(seconds[name])} rounds)")
+    for backend in args.backends:
+        for method in ("FedAvg", "FedLUAR"):
+            label = f"{method} {backend} / plain loop"
+            print(f"  {label:<32} = {med[f'{method} {backend}'] / floor:.2f}")
+        label = f"FedLUAR / FedAvg ({backend})"
+        print(f"  {label:<32} = {med[f'FedLUAR {backend}'] / med[f'FedAvg {backend}']:.3f}")
+    if len(args.backends) == 2:
+        for method in ("FedAvg", "FedLUAR"):
+            label = f"{method} tensorflow / tff"
+            print(f"  {label:<32} = {med[f'{method} tensorflow'] / med[f'{method} tff']:.2f}")
 
 if __name__ == "__main__":
     main()

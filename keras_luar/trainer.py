@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar import layers
+from keras_luar import backends, layers
 from keras_luar._checkpoint import RoundCheckpoint
 from keras_luar._keras_compat import (
     EveryName,
@@ -74,6 +74,13 @@ class FederatedTrainer:
         `keras_luar.data.augment.random_crop_flip()`, the official CIFAR one).
       seed: Seeds client sampling (by (seed, round)), local shuffling and the
         methods' randomness.
+      backend: Where rounds execute (`keras_luar.backends`): ``"tff"`` is
+        TFF's C++ runtime (CPU only); ``"tensorflow"`` runs the same
+        computations in this process's TensorFlow runtime, on the GPU when
+        there is one, without serializing client data; ``"auto"`` (default)
+        takes ``"tensorflow"`` when TensorFlow sees a GPU, else ``"tff"``.
+        Both give the same History and, up to floating-point rounding, the
+        same weights, and a checkpoint of one resumes on the other.
       **algorithm_options: The chosen algorithm's options: ``proximal_strength``
         (FedProx μ, default 0.001), ``quantization_levels`` (FedPAQ s, default
         16), ``aggregation_interval`` and ``fedavg_rounds`` (FedLAMA φ = 2 and
@@ -109,6 +116,7 @@ class FederatedTrainer:
         bn_statistics: str | None = None,
         augmentation: Any = None,
         seed: int = 0,
+        backend: str = "auto",
         **algorithm_options: Any,
     ):
         if not isinstance(model, tf.keras.Model):
@@ -217,6 +225,7 @@ class FederatedTrainer:
                 f"(x, seed) -> x. Received: augmentation of type {type(augmentation).__name__}"
             )
         self.augmentation = augmentation
+        self.backend = backends.resolve_backend(backend)
         if self._layout.non_trainable and bn_statistics == "local":
             warnings.warn(
                 "The model has non-trainable variables "
@@ -390,8 +399,9 @@ class FederatedTrainer:
             writes each client once to a TFRecord file and passes datasets that
             read it (the call then carries only a file name); ``"memory"``
             passes the datasets as they are. ``"auto"`` uses files when a
-            client may hold more than 1 MB, where they are faster; both give
-            the same batches.
+            client may hold more than 1 MB on the ``"tff"`` backend, where they
+            are faster, and memory on ``"tensorflow"``, which serializes
+            nothing; both give the same batches.
 
         Returns:
           `History` whose ``history`` has, per round: ``loss`` and metrics over
@@ -439,7 +449,10 @@ class FederatedTrainer:
         if validation_data is not None:
             validation_data = self._as_eval_data(validation_data)  # fails now, not after a round
         if client_data_cache == "auto":
-            client_data_cache = "files" if _may_exceed(datasets, batched, 2**20) else "memory"
+            # In process, datasets are handed over as they are: files would only add reads.
+            in_process = self.backend == "tensorflow"
+            large = not in_process and _may_exceed(datasets, batched, 2**20)
+            client_data_cache = "files" if large else "memory"
         workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")
         try:
             if client_data_cache == "files":
@@ -447,10 +460,11 @@ class FederatedTrainer:
             else:
                 sources = datasets
                 counts = {cid: _count(ds) for cid, ds in datasets.items()}
-            return self._fit(
-                sources, counts, batched, rounds, clients_per_round,
-                validation_data, callbacks, verbose, checkpoint_dir,
-            )  # fmt: skip
+            with backends.execution(self.backend):
+                return self._fit(
+                    sources, counts, batched, rounds, clients_per_round,
+                    validation_data, callbacks, verbose, checkpoint_dir,
+                )  # fmt: skip
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -107,7 +107,14 @@ def build_local_training(
         opt_state = optimizer.initialize(specs)
         if hparams is not None:
             opt_state = optimizer.set_hparams(opt_state, hparams)
-        num_examples, _ = data.reduce((tf.constant(0, tf.int64), opt_state), step)
+        # An iterator loop rather than `data.reduce`: a reduce runs its body as a
+        # tf.data function, on the CPU and re-instantiated per call, while the loop
+        # runs the steps in this function, on the GPU when there is one (TFF's
+        # DATASET_ITERATOR loop). The steps and their order are the same.
+        state = (tf.constant(0, tf.int64), opt_state)
+        for batch in iter(data):
+            state = step(state, batch)
+        num_examples, _ = state
         trained = tf.nest.map_structure(tf.identity, ModelWeights.from_model(model))
         return trained, num_examples, model.report_local_unfinalized_metrics()
 

@@ -1,0 +1,78 @@
+"""Where a `FederatedTrainer`'s rounds execute.
+
+Two backends run the same TFF computations, built once by the same code:
+
+* ``"tff"``: TFF's own C++ runtime (a ``worker_binary`` subprocess). It runs
+  on the CPU only, serializes each round's arguments (state and client
+  datasets) to the worker, and is the reference.
+* ``"tensorflow"``: `InProcessContext`, which runs the computations in this
+  Python process's TensorFlow runtime, on the GPU when TensorFlow sees one,
+  handing client datasets over without serializing them.
+
+``"auto"`` picks ``"tensorflow"`` when TensorFlow sees a GPU and ``"tff"``
+otherwise. Both give the same History (the same recycled layers every round)
+and weights equal up to floating-point rounding; the tests check it for every
+algorithm.
+
+Examples:
+  >>> resolve_backend("tff")
+  'tff'
+  >>> resolve_backend("auto") in ("tff", "tensorflow")
+  True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from keras_luar.backends.in_process import InProcessContext
+
+BACKENDS = ("auto", "tff", "tensorflow")
+
+__all__ = ["BACKENDS", "InProcessContext", "execution", "resolve_backend"]
+
+
+def resolve_backend(backend: str) -> str:
+    """Checks a ``backend=`` value; returns ``"tff"`` or ``"tensorflow"``.
+
+    Args:
+      backend: ``"auto"``, ``"tff"`` or ``"tensorflow"``.
+
+    Returns:
+      The backend to use: ``"auto"`` becomes ``"tensorflow"`` when TensorFlow
+      sees a GPU, else ``"tff"``.
+
+    Raises:
+      ValueError: For any other value.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"Invalid value for argument `backend`. Expected one of {BACKENDS}. "
+            f"Received: backend={backend!r}"
+        )
+    if backend == "auto":
+        return "tensorflow" if tf.config.list_physical_devices("GPU") else "tff"
+    return backend
+
+
+@contextlib.contextmanager
+def execution(backend: str, context: InProcessContext | None = None) -> Iterator[None]:
+    """Runs the TFF computations called inside on `backend` (``"tff"`` or ``"tensorflow"``).
+
+    Args:
+      backend: A resolved backend (see `resolve_backend`).
+      context: The `InProcessContext` to install for ``"tensorflow"`` (its
+        compiled computations are cached, so reuse one); None makes a new one.
+
+    Yields:
+      Nothing; TFF's default context is back in place afterwards.
+    """
+    if backend == "tff":
+        yield
+        return
+    with tff.framework.get_context_stack().install(context or InProcessContext()):
+        yield

@@ -1,0 +1,396 @@
+"""Runs TFF computations in this Python process's TensorFlow runtime (CPU or GPU).
+
+TFF 0.87 executes every computation in its C++ ``worker_binary``, which is
+built without CUDA. `InProcessContext` is a TFF execution context that runs
+the very same computations here instead:
+
+1. It compiles a computation exactly as TFF's native C++ context does
+   (`desugar_and_transform_to_native`: intrinsics such as the weighted mean
+   become ``federated_aggregate`` over TensorFlow blocks, and every TensorFlow
+   block gets the same Grappler rewrite), once per computation.
+2. It walks the compiled building blocks in Python. Federated values are
+   plain Python values: one value at the server, a list with one entry per
+   client at the clients. The handful of intrinsics left after desugaring
+   (broadcast, map, apply, zip, aggregate, value) are a few lines each, with
+   the C++ runtime's semantics (``federated_aggregate`` accumulates the
+   clients in order, from ``zero``).
+3. Each TensorFlow block (local training, the LUAR server step, ...) is
+   imported once into a `tf.compat.v1.wrap_function` and pruned to its
+   parameter and result bindings: a concrete function that is never retraced.
+   Tensors stay where TensorFlow placed them (on the GPU when there is one)
+   between the blocks of a call; client datasets are handed over as dataset
+   variants, so no data is serialized or copied per round.
+
+Nothing here knows about any algorithm: every method runs through it
+unchanged, which is what makes the two execution paths agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.backends.native import compiler as native_compiler
+from tensorflow_federated.python.core.impl.compiler import building_blocks as bb
+from tensorflow_federated.python.core.impl.types import type_conversions
+from tensorflow_federated.python.core.impl.utils import tensorflow_utils
+from tensorflow_federated.python.tensorflow_libs import serialization_utils
+
+Struct = tff.structure.Struct
+_ids = itertools.count()
+
+
+class InProcessContext(tff.framework.SyncContext):
+    """A synchronous TFF execution context on this process's TensorFlow runtime.
+
+    Install it for a block of code with
+    ``tff.framework.get_context_stack().install(InProcessContext())`` (the
+    trainer does this for ``backend="tensorflow"``); every TFF computation
+    called inside runs in process.
+
+    Args:
+      device: Optional device name (e.g. ``"/GPU:0"``) to run the TensorFlow
+        blocks on; None lets TensorFlow place them (on the first GPU when
+        there is one).
+    """
+
+    def __init__(self, device: str | None = None):
+        self._device = device
+        self._compiled: dict[int, tuple[Any, Any]] = {}  # id(comp) -> (comp, block)
+        self._embedded: dict[int, tuple[Any, Callable]] = {}  # id(block) -> (block, fn)
+
+    def invoke(self, comp: Any, arg: Any) -> Any:
+        """Runs `comp` on `arg`; returns what TFF's C++ context would return."""
+        type_signature = comp.type_signature
+        block = self._compile(comp)
+        parameter = type_signature.parameter
+        value = None
+        num_clients = 0
+        if parameter is not None:
+            num_clients = _cardinality(arg, parameter)
+            value = _ingest(arg, parameter, num_clients)
+        with tf.device(self._device) if self._device else _no_device():
+            function = _Evaluator(self, num_clients).evaluate(block, {})
+            result = function(value) if parameter is not None else function(None)
+        return _to_python(result, type_signature.result)
+
+    def _compile(self, comp):
+        key = id(comp)
+        cached = self._compiled.get(key)
+        if cached is None or cached[0] is not comp:
+            block = native_compiler.desugar_and_transform_to_native(comp).to_building_block()
+            cached = self._compiled[key] = (comp, block)
+        return cached[1]
+
+    def embedded(self, block: bb.CompiledComputation) -> Callable:
+        """The concrete function of a TensorFlow block (built on first use)."""
+        key = id(block)
+        cached = self._embedded.get(key)
+        if cached is None or cached[0] is not block:
+            cached = self._embedded[key] = (block, _embed(block))
+        return cached[1]
+
+
+class _no_device:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- values in, values out ---------------------------------------------------------------
+
+
+def _cardinality(arg: Any, type_spec: Any) -> int:
+    """The number of clients: the length of the first CLIENTS-placed list in `arg`."""
+    if isinstance(type_spec, tff.FederatedType):
+        if type_spec.placement is tff.CLIENTS and not type_spec.all_equal:
+            return len(arg)
+        return 0
+    if isinstance(type_spec, tff.StructType):
+        elements = tff.structure.to_elements(tff.structure.from_container(arg))
+        for (_, value), (_, element_type) in zip(
+            elements, tff.structure.iter_elements(type_spec), strict=True
+        ):
+            found = _cardinality(value, element_type)
+            if found:
+                return found
+    return 0
+
+
+def _ingest(value: Any, type_spec: Any, num_clients: int) -> Any:
+    """Converts a Python argument to the evaluator's representation of `type_spec`."""
+    if isinstance(type_spec, tff.FederatedType):
+        member = type_spec.member
+        if type_spec.placement is tff.CLIENTS:
+            if type_spec.all_equal:
+                return [_ingest(value, member, num_clients)] * num_clients
+            return [_ingest(v, member, num_clients) for v in value]
+        return _ingest(value, member, num_clients)
+    if isinstance(type_spec, tff.StructType):
+        elements = tff.structure.to_elements(tff.structure.from_container(value))
+        return Struct(
+            (name, _ingest(v, t, num_clients))
+            for (_, v), (name, t) in zip(
+                elements, tff.structure.iter_elements(type_spec), strict=True
+            )
+        )
+    if isinstance(type_spec, tff.SequenceType):
+        if not isinstance(value, tf.data.Dataset):
+            raise TypeError(
+                "The in-process backend takes client data as tf.data.Dataset. "
+                f"Received: {type(value).__name__}"
+            )
+        return value
+    if isinstance(type_spec, tff.TensorType):
+        if tf.is_tensor(value):
+            return value
+        return tf.convert_to_tensor(value, dtype=tf.as_dtype(type_spec.dtype))
+    raise TypeError(f"The in-process backend cannot take a value of type {type_spec}.")
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, Struct):
+        return Struct((n, _to_numpy(v)) for n, v in tff.structure.iter_elements(value))
+    if isinstance(value, list):
+        return [_to_numpy(v) for v in value]
+    if isinstance(value, tf.Tensor):
+        return value.numpy()
+    return value
+
+
+def _to_python(value: Any, type_spec: Any) -> Any:
+    if isinstance(type_spec, tff.FederatedType) and type_spec.all_equal:
+        if type_spec.placement is tff.CLIENTS and isinstance(value, list):
+            value = value[0] if value else None
+    return type_conversions.type_to_py_container(_to_numpy(value), type_spec)
+
+
+# ---- the building blocks --------------------------------------------------------------------
+
+
+class _Evaluator:
+    """Evaluates compiled building blocks; federated values are plain Python values."""
+
+    def __init__(self, context: InProcessContext, num_clients: int):
+        self._context = context
+        self._num_clients = num_clients
+
+    def evaluate(self, block: Any, env: dict[str, Any]) -> Any:
+        if isinstance(block, bb.Reference):
+            return env[block.name]
+        if isinstance(block, bb.Call):
+            function = self.evaluate(block.function, env)
+            argument = block.argument
+            return function(None if argument is None else self.evaluate(argument, env))
+        if isinstance(block, bb.Block):
+            scope = dict(env)
+            for name, local in block.locals:
+                scope[name] = self.evaluate(local, scope)
+            return self.evaluate(block.result, scope)
+        if isinstance(block, bb.Selection):
+            source = self.evaluate(block.source, env)
+            return source[block.as_index()]
+        if isinstance(block, bb.Struct):
+            return Struct((name, self.evaluate(e, env)) for name, e in tff.structure.iter_elements(block))
+        if isinstance(block, bb.Lambda):
+            name, result = block.parameter_name, block.result
+
+            def function(argument, env=env):
+                scope = env if name is None else {**env, name: argument}
+                return self.evaluate(result, scope)
+
+            return function
+        if isinstance(block, bb.CompiledComputation):
+            return self._context.embedded(block)
+        if isinstance(block, bb.Intrinsic):
+            return self._intrinsic(block.uri)
+        if isinstance(block, bb.Literal):
+            return tf.constant(np.asarray(block.value))
+        if isinstance(block, bb.Placement):
+            return block
+        raise NotImplementedError(
+            f"The in-process backend cannot evaluate a {type(block).__name__} building block."
+        )
+
+    def _intrinsic(self, uri: str) -> Callable:
+        n = self._num_clients
+        if uri == "federated_broadcast":
+            return lambda value: [value] * n
+        if uri in ("federated_map", "federated_map_all_equal"):
+            return lambda arg: [arg[0](v) for v in arg[1]]
+        if uri == "federated_apply":
+            return lambda arg: arg[0](arg[1])
+        if uri == "federated_value_at_server":
+            return lambda value: value
+        if uri == "federated_value_at_clients":
+            return lambda value: [value] * n
+        if uri == "federated_eval_at_server":
+            return lambda function: function(None)
+        if uri == "federated_eval_at_clients":
+            return lambda function: [function(None) for _ in range(n)]
+        if uri == "federated_zip_at_server":
+            return lambda value: value
+        if uri == "federated_zip_at_clients":
+            return lambda value: [_select_client(value, i) for i in range(_clients_in(value))]
+        if uri == "federated_aggregate":
+            return _aggregate
+        raise NotImplementedError(
+            f"The in-process backend does not implement the intrinsic {uri!r}; run this "
+            "computation with backend='tff'."
+        )
+
+
+def _clients_in(value: Any) -> int:
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, Struct):
+        for element in value:
+            found = _clients_in(element)
+            if found >= 0:
+                return found
+    return -1
+
+
+def _select_client(value: Any, index: int) -> Any:
+    if isinstance(value, list):
+        return value[index]
+    if isinstance(value, Struct):
+        return Struct((n, _select_client(v, index)) for n, v in tff.structure.iter_elements(value))
+    return value
+
+
+def _aggregate(arg: Any) -> Any:
+    # As TFF's C++ federating executor: accumulate the clients in order, then report.
+    values, zero, accumulate, _merge, report = (arg[i] for i in range(5))
+    total = zero
+    for value in values:
+        total = accumulate(Struct([(None, total), (None, value)]))
+    return report(total)
+
+
+# ---- TensorFlow blocks --------------------------------------------------------------------
+
+
+def _rename_functions(graph_def: Any, prefix: str) -> None:
+    """Gives the library functions of `graph_def` names no other block uses.
+
+    Imported functions are registered in the process-wide eager context, where
+    two blocks' different functions of one name (Keras names them the same in
+    every model it traces) would collide.
+    """
+    mapping = {f.signature.name: f"{prefix}_{f.signature.name}" for f in graph_def.library.function}
+    if not mapping:
+        return
+
+    def fix_func(func):
+        func.name = mapping.get(func.name, func.name)
+        for value in func.attr.values():
+            fix_attr(value)
+
+    def fix_attr(value):
+        if value.HasField("func"):
+            fix_func(value.func)
+        elif value.HasField("list"):
+            for func in value.list.func:
+                fix_func(func)
+
+    def fix_node(node):
+        node.op = mapping.get(node.op, node.op)
+        for value in node.attr.values():
+            fix_attr(value)
+
+    for node in graph_def.node:
+        fix_node(node)
+    for function in graph_def.library.function:
+        function.signature.name = mapping[function.signature.name]
+        for node in function.node_def:
+            fix_node(node)
+    for gradient in graph_def.library.gradient:
+        gradient.function_name = mapping.get(gradient.function_name, gradient.function_name)
+        gradient.gradient_func = mapping.get(gradient.gradient_func, gradient.gradient_func)
+
+
+def _graph_def(block: bb.CompiledComputation, prefix: str) -> Any:
+    """The block's GraphDef, its resources and functions named so that no other block shares them."""
+    tensorflow = block.proto.tensorflow
+    graph_def = serialization_utils.unpack_graph_def(tensorflow.graph_def)
+    graph_def = copy.deepcopy(graph_def)
+    _rename_functions(graph_def, prefix)
+    for node in graph_def.node:
+        if node.op in ("VarHandleOp", "HashTableV2", "MutableHashTableV2"):
+            node.attr["shared_name"].s = f"{prefix}/{node.name}".encode()
+    return graph_def
+
+
+def _embed(block: bb.CompiledComputation) -> Callable:
+    """A Python function running `block` through one pruned concrete function."""
+    tensorflow = block.proto.tensorflow
+    type_signature = block.type_signature
+    parameter_type = type_signature.parameter
+    result_type = type_signature.result
+    graph_def = _graph_def(block, f"keras_luar_{next(_ids)}")
+
+    def import_graph():
+        return tf.graph_util.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_graph, signature=[])
+    graph = wrapped.graph
+    feeds = []
+    if parameter_type is not None:
+        feeds = tensorflow_utils.extract_tensor_names_from_binding(tensorflow.parameter)
+    fetches = tensorflow_utils.extract_tensor_names_from_binding(tensorflow.result)
+    function = wrapped.prune(
+        feeds=[graph.as_graph_element(n) for n in feeds],
+        fetches=[graph.as_graph_element(n) for n in fetches],
+    )
+    # TFF's runtime runs the init op (variable initializers) before the result, in
+    # the same session; here a second pruned function runs it first, on the same
+    # resources (they are found by their shared names).
+    initialize = None
+    if tensorflow.initialize_op:
+        initialize = wrapped.prune(
+            feeds=[], fetches=[graph.get_operation_by_name(tensorflow.initialize_op)]
+        )
+    handles = [op.outputs[0] for op in graph.get_operations() if op.type == "VarHandleOp"]
+    resources = wrapped.prune(feeds=[], fetches=handles)() if handles else []
+    param_kinds = []
+    if parameter_type is not None:
+        param_kinds = [isinstance(t, tff.SequenceType) for t in _flat_types(parameter_type)]
+    result_is_tensor = isinstance(result_type, tff.TensorType)
+
+    def run(argument):
+        if parameter_type is None:
+            inputs = []
+        else:
+            leaves = tff.structure.flatten(argument)
+            inputs = [
+                tf.data.experimental.to_variant(v) if is_sequence else v
+                for v, is_sequence in zip(leaves, param_kinds, strict=True)
+            ]
+        if initialize is not None:
+            initialize._call_flat([], initialize.captured_inputs)
+        # `_call_flat` skips the argument canonicalization of a ConcreteFunction
+        # call, which in TF 2.14 formats every input tensor as text (most of the
+        # time of a small block).
+        outputs = function._call_flat(inputs, function.captured_inputs)
+        # Variables live for one call, as in TFF's runtime (each call re-initializes).
+        for resource in resources:
+            tf.raw_ops.DestroyResourceOp(resource=resource, ignore_lookup_error=True)
+        if result_is_tensor:
+            return outputs[0] if isinstance(outputs, list | tuple) else outputs
+        return tff.structure.pack_sequence_as(result_type, list(outputs or []))
+
+    return run
+
+
+def _flat_types(type_spec: Any) -> list[Any]:
+    if isinstance(type_spec, tff.StructType):
+        return [t for _, e in tff.structure.iter_elements(type_spec) for t in _flat_types(e)]
+    return [type_spec]
