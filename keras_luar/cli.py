@@ -177,6 +177,11 @@ def _add_run(subparsers) -> None:
         help="server SGD learning rate (default: apply the aggregated update as is)",
     )
     parser.add_argument("--checkpoint-dir", default=None, help="save state every round; resume")
+    parser.add_argument(
+        "--backend", choices=("auto", "tff", "tensorflow"), default="auto",
+        help="where rounds run: TFF's C++ runtime (CPU), in-process TensorFlow (GPU when "
+        "present), or auto (tensorflow when TensorFlow sees a GPU)",
+    )
     parser.add_argument("--history-csv", default=None, help="write the History as CSV here")
     parser.add_argument("--history-json", default=None, help="write the History as JSON here")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras-style verbosity")
@@ -199,7 +204,9 @@ def _run_preset(args: argparse.Namespace):
         overrides["num_recycled_layers"] = args.num_recycled_layers
     if args.server_learning_rate is not None:
         overrides["server_optimizer"] = tf.keras.optimizers.SGD(args.server_learning_rate)
-    trainer = preset.trainer(algorithm=args.algorithm, seed=args.seed, **overrides)
+    trainer = preset.trainer(
+        algorithm=args.algorithm, seed=args.seed, backend=args.backend, **overrides
+    )
     rounds = args.rounds if "--rounds" in args.given else None
     s = preset.settings
     print(
@@ -236,6 +243,7 @@ def _run(args: argparse.Namespace) -> int:
             num_recycled_layers=args.num_recycled_layers,
             seed=args.seed,
             server_learning_rate=args.server_learning_rate,
+            backend=args.backend,
         )
         history = fit_digits(
             trainer,
