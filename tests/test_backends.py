@@ -228,3 +228,17 @@ def test_context_refuses_client_data_that_is_not_a_dataset():
     with tff.framework.get_context_stack().install(InProcessContext()):
         with pytest.raises(TypeError, match="tf.data.Dataset"):
             _round(2.0, [[1.0, 2.0]], [1.0])
+
+
+def test_mixed_precision_trains_clients_in_bfloat16_on_both_backends():
+    options = dict(CASES["fedluar"], mixed_precision="mixed_bfloat16")
+    reference = _run("tff", options)
+    candidate = _run("tensorflow", options)
+    _assert_same_run(reference, candidate)
+    full = _run("tensorflow", CASES["fedluar"])
+    assert all(w.dtype == np.float32 for w in candidate[1])  # variables stay float32
+    # bfloat16 compute rounds differently: the losses move, but only a little.
+    assert not np.allclose(candidate[0]["loss"], full[0]["loss"], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(candidate[0]["loss"], full[0]["loss"], rtol=0.05)
+    with pytest.raises(ValueError, match=r"argument `mixed_precision`.*'float8'"):
+        _trainer(mixed_precision="float8")
