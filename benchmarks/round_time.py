@@ -67,10 +67,11 @@ def plain_loop_seconds(setup: DigitsSetup, data, repeats: int) -> list[float]:
 
 
 def trainer_seconds(
-    setup: DigitsSetup, data, algorithm: str, delta: int, backend: str
+    setup: DigitsSetup, data, algorithm: str, delta: int, backend: str, parallel: int = 1
 ) -> list[float]:
+    extra = {"parallel_clients": parallel} if backend == "tensorflow" else {}
     trainer = make_digits_trainer(
-        setup, algorithm=algorithm, num_recycled_layers=delta, seed=0, backend=backend
+        setup, algorithm=algorithm, num_recycled_layers=delta, seed=0, backend=backend, **extra
     )
     history = trainer.fit(
         data, rounds=setup.rounds, clients_per_round=setup.clients_per_round, verbose=0
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=20)
     parser.add_argument("--backends", nargs="+", default=["tff", "tensorflow"],
                         choices=["tff", "tensorflow"])
+    parser.add_argument("--parallel-clients", type=int, default=1,
+                        help="clients trained at once on the tensorflow backend")
     parser.add_argument(
         "--repeats", type=int, default=3,
         help="measure the three in turn this many times, so load drift hits all alike",
@@ -98,8 +101,9 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in [*names, "plain tf.function"]}
     for _ in range(args.repeats):
         for backend in args.backends:
-            seconds[f"FedAvg {backend}"] += trainer_seconds(setup, data, "fedavg", 0, backend)
-            seconds[f"FedLUAR {backend}"] += trainer_seconds(setup, data, "fedluar", 2, backend)
+            p = args.parallel_clients
+            seconds[f"FedAvg {backend}"] += trainer_seconds(setup, data, "fedavg", 0, backend, p)
+            seconds[f"FedLUAR {backend}"] += trainer_seconds(setup, data, "fedluar", 2, backend, p)
         seconds["plain tf.function"] += plain_loop_seconds(setup, data, repeats=max(args.rounds - 1, 3))
     med = {name: statistics.median(v) for name, v in seconds.items()}
     floor = med["plain tf.function"]
@@ -107,7 +111,8 @@ def main() -> None:
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(f"keras_luar {keras_luar.__version__}: digits CNN, {setup.clients_per_round} clients × "
           f"τ={setup.local_steps} = {steps} local steps per round, batch {setup.batch_size}, "
-          f"{args.repeats} repeats, TensorFlow sees: {device}")
+          f"{args.repeats} repeats, TensorFlow sees: {device}, "
+          f"{args.parallel_clients} client(s) at once in process")
     for name, value in med.items():
         print(f"  {name:<20} median {value * 1000:8.1f} ms  ({len(seconds[name])} rounds)")
     for backend in args.backends:

@@ -286,7 +286,9 @@ def plot_aggregation_counts(
             fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) * len(tables) + 2), 4.2))
         else:
             fig = ax.figure
-        colors = sns.color_palette("tab10", n_colors=len(tables))
+        # As in plot_accuracy_vs_communication: ten distinct colours, then tab20.
+        palette = "tab10" if len(tables) <= 10 else "tab20"
+        colors = sns.color_palette(palette, n_colors=len(tables))
         for k, ((method, table), color) in enumerate(zip(tables.items(), colors, strict=True)):
             offset = (k - (len(tables) - 1) / 2) * width
             ax.bar(x + offset, [table[n] for n in names], width, label=method, color=color)
@@ -295,7 +297,8 @@ def plot_aggregation_counts(
         ax.set_xlabel("Layer")
         ax.set_ylabel("Rounds aggregated fresh")
         ax.set_title("Per-layer aggregation counts")
-        ax.legend(loc="lower right")
+        # Outside the axes: inside, it would cover the bars it explains.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
     return fig
 
@@ -310,7 +313,7 @@ def plot_recycling_timeline(
 
     Rows are the candidate layers, columns the rounds. A cell's colour is the
     layer's score s_l = ||U_l|| / (||x_l|| + 1e-6) after that round (log
-    scale, darker is lower, so more likely to be recycled next); a cross marks
+    scale, darker is lower, so more likely to be recycled next); a red cross marks
     the rounds in which the layer was recycled (its score then stays as it was,
     so a recycled stretch shows one flat colour).
 
@@ -373,9 +376,10 @@ def plot_recycling_timeline(
             interpolation="nearest",
         )
         fig.colorbar(image, ax=ax, label="score (update / weight norm)")
+        # Red shows on every viridis shade, and in the legend on a white background.
         ax.scatter(
             [t for t, _ in recycled], [j for _, j in recycled],
-            marker="x", color="white", s=28, linewidths=1.4, label="recycled",
+            marker="x", color="tab:red", s=28, linewidths=1.4, label="recycled",
         )  # fmt: skip
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names)

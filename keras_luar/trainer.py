@@ -81,6 +81,10 @@ class FederatedTrainer:
         takes ``"tensorflow"`` when TensorFlow sees a GPU, else ``"tff"``.
         Both give the same History and, up to floating-point rounding, the
         same weights, and a checkpoint of one resumes on the other.
+      parallel_clients: With ``backend="tensorflow"``, how many of a
+        round's clients train at once, each in a thread of its own; the
+        result does not depend on it (TFF's runtime already trains clients
+        concurrently).
       mixed_precision: None trains clients in float32. ``"mixed_bfloat16"``
         or ``"mixed_float16"`` gives every layer of the clients' model copy
         that Keras dtype policy (float32 variables, low-precision compute)
@@ -124,6 +128,7 @@ class FederatedTrainer:
         augmentation: Any = None,
         seed: int = 0,
         backend: str = "auto",
+        parallel_clients: int = 1,
         mixed_precision: str | None = None,
         **algorithm_options: Any,
     ):
@@ -234,6 +239,14 @@ class FederatedTrainer:
             )
         self.augmentation = augmentation
         self.backend = backends.resolve_backend(backend)
+        self.parallel_clients = check_int("parallel_clients", parallel_clients, 1)
+        if self.parallel_clients > 1 and self.backend != "tensorflow":
+            raise ValueError(
+                "Invalid value for argument `parallel_clients`. It applies to "
+                f"backend='tensorflow' only, and backend={backend!r} runs on TFF's runtime"
+                f"{' (TensorFlow sees no GPU)' if backend == 'auto' else ''}. Received: "
+                f"parallel_clients={parallel_clients}"
+            )
         if mixed_precision not in (None, "mixed_bfloat16", "mixed_float16"):
             raise ValueError(
                 "Invalid value for argument `mixed_precision`. Expected None, "
@@ -484,7 +497,10 @@ class FederatedTrainer:
             else:
                 sources = datasets
                 counts = {cid: _count(ds) for cid, ds in datasets.items()}
-            with backends.execution(self.backend):
+            context = None
+            if self.backend == "tensorflow":
+                context = backends.InProcessContext(parallel_clients=self.parallel_clients)
+            with backends.execution(self.backend, context):
                 return self._fit(
                     sources, counts, batched, rounds, clients_per_round,
                     validation_data, callbacks, verbose, checkpoint_dir,

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from test_trainer import ROUNDS, _client_data, _fit, _model, _trainer
 
+import keras_luar
 from keras_luar import backends
 from keras_luar.backends import InProcessContext
 
@@ -242,3 +243,26 @@ def test_mixed_precision_trains_clients_in_bfloat16_on_both_backends():
     np.testing.assert_allclose(candidate[0]["loss"], full[0]["loss"], rtol=0.05)
     with pytest.raises(ValueError, match=r"argument `mixed_precision`.*'float8'"):
         _trainer(mixed_precision="float8")
+
+
+def test_parallel_clients_give_the_same_result_as_one_at_a_time():
+    trainer = _trainer(backend="tensorflow", **CASES["fedluar"])
+    datasets = keras_luar.data.as_client_datasets(_client_data())
+    ids = list(datasets)
+    spec = trainer._round_dataset(datasets[ids[0]], False, 0, 0).element_spec
+    process = trainer._build_process(spec)
+
+    def rounds(context):
+        with tff.framework.get_context_stack().install(context):
+            state = process.initialize()
+            for t in range(3):
+                data = [trainer._round_dataset(datasets[ids[i]], False, t, i) for i in range(4)]
+                state = process.next(state, data).state
+            return process.get_model_weights(state).trainable
+
+    sequential = rounds(InProcessContext())
+    parallel = rounds(InProcessContext(parallel_clients=3))
+    for a, b in zip(sequential, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="parallel_clients"):
+        InProcessContext(parallel_clients=0)

@@ -77,3 +77,10 @@ def test_recycling_timeline_rejects_bad_input():
         plot_recycling_timeline(
             {"layer_scores": [[0.1, 0.2]], "recycled_layers": [[]]}, layer_names=["a"]
         )
+
+
+def test_aggregation_counts_keep_colours_distinct_past_ten_methods():
+    counts = {f"m{i}": {"a/kernel": float(i), "b/kernel": 1.0} for i in range(12)}
+    ax = plot_aggregation_counts(counts).axes[0]
+    colours = {tuple(container.patches[0].get_facecolor()) for container in ax.containers}
+    assert len(colours) == 12

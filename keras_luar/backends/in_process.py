@@ -27,8 +27,10 @@ unchanged, which is what makes the two execution paths agree.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import itertools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -57,12 +59,24 @@ class InProcessContext(tff.framework.SyncContext):
       device: Optional device name (e.g. ``"/GPU:0"``) to run the TensorFlow
         blocks on; None lets TensorFlow place them (on the first GPU when
         there is one).
+      parallel_clients: How many clients of a ``federated_map`` run at once,
+        each in its own thread (TensorFlow releases the GIL while it
+        computes). Results are collected in client order, so the outcome does
+        not depend on it.
     """
 
-    def __init__(self, device: str | None = None):
+    def __init__(self, device: str | None = None, *, parallel_clients: int = 1):
+        if isinstance(parallel_clients, bool) or not isinstance(parallel_clients, int) or parallel_clients < 1:
+            raise ValueError(
+                "Invalid value for argument `parallel_clients`. Expected an int >= 1. "
+                f"Received: parallel_clients={parallel_clients!r}"
+            )
         self._device = device
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(parallel_clients) if parallel_clients > 1 else None
+        )
         self._compiled: dict[int, tuple[Any, Any]] = {}  # id(comp) -> (comp, block)
-        self._embedded: dict[int, tuple[Any, Callable]] = {}  # id(block) -> (block, fn)
+        self._embedded: dict[tuple[int, int], tuple[Any, Callable]] = {}  # (block, thread)
 
     def invoke(self, comp: Any, arg: Any) -> Any:
         """Runs `comp` on `arg`; returns what TFF's C++ context would return."""
@@ -75,7 +89,7 @@ class InProcessContext(tff.framework.SyncContext):
             num_clients = _cardinality(arg, parameter)
             value = _ingest(arg, parameter, num_clients)
         with tf.device(self._device) if self._device else _no_device():
-            function = _Evaluator(self, num_clients).evaluate(block, {})
+            function = _Evaluator(self, num_clients, self._pool).evaluate(block, {})
             result = function(value) if parameter is not None else function(None)
         return _to_python(result, type_signature.result)
 
@@ -88,8 +102,12 @@ class InProcessContext(tff.framework.SyncContext):
         return cached[1]
 
     def embedded(self, block: bb.CompiledComputation) -> Callable:
-        """The concrete function of a TensorFlow block (built on first use)."""
-        key = id(block)
+        """The concrete function of a TensorFlow block (built on first use, per thread).
+
+        A block's variables are named resources that live for one call, so two
+        clients training at once in different threads need copies of their own.
+        """
+        key = (id(block), threading.get_ident())
         cached = self._embedded.get(key)
         if cached is None or cached[0] is not block:
             cached = self._embedded[key] = (block, _embed(block))
@@ -178,9 +196,10 @@ def _to_python(value: Any, type_spec: Any) -> Any:
 class _Evaluator:
     """Evaluates compiled building blocks; federated values are plain Python values."""
 
-    def __init__(self, context: InProcessContext, num_clients: int):
+    def __init__(self, context: InProcessContext, num_clients: int, pool=None):
         self._context = context
         self._num_clients = num_clients
+        self._pool = pool
 
     def evaluate(self, block: Any, env: dict[str, Any]) -> Any:
         if isinstance(block, bb.Reference):
@@ -208,7 +227,8 @@ class _Evaluator:
 
             return function
         if isinstance(block, bb.CompiledComputation):
-            return self._context.embedded(block)
+            # Looked up when called: the calling thread has its own copy.
+            return lambda argument, embedded=self._context.embedded: embedded(block)(argument)
         if isinstance(block, bb.Intrinsic):
             return self._intrinsic(block.uri)
         if isinstance(block, bb.Literal):
@@ -224,6 +244,8 @@ class _Evaluator:
         if uri == "federated_broadcast":
             return lambda value: [value] * n
         if uri in ("federated_map", "federated_map_all_equal"):
+            if self._pool is not None:
+                return lambda arg: list(self._pool.map(arg[0], arg[1]))
             return lambda arg: [arg[0](v) for v in arg[1]]
         if uri == "federated_apply":
             return lambda arg: arg[0](arg[1])
