@@ -118,8 +118,10 @@ class Preset:
             ``num_recycled_layers``) and the algorithm's options.
 
         Returns:
-          The trainer. Its client optimizer is SGD with the preset's learning
-          rate and momentum; `fit` applies the decay.
+          The trainer, holding a copy of `model` with its current weights (so
+          every trainer of this preset starts from the same weights). Its
+          client optimizer is SGD with the preset's learning rate and
+          momentum; `fit` applies the decay.
         """
         s = self.settings
         options: dict[str, Any] = dict(
@@ -134,7 +136,11 @@ class Preset:
             seed=seed,
         )
         options.update(kwargs)
-        return FederatedTrainer(self.model, **options)
+        # Each trainer trains a copy, so `self.model` keeps its weights: trainers made
+        # one after another (e.g. FedAvg, then FedLUAR) all start from the same point.
+        model = tf.keras.models.clone_model(self.model)
+        model.set_weights(self.model.get_weights())
+        return FederatedTrainer(model, **options)
 
     def fit(
         self,

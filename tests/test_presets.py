@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from test_agnews import data_dir as agnews_dir  # noqa: F401  (pytest fixture)
 from test_cifar import write_cifar
@@ -77,7 +78,14 @@ def test_agnews_text_preset(agnews_dir):  # noqa: F811
 def test_shakespeare_preset(shakespeare_dir):  # noqa: F811
     preset = presets.shakespeare(data_dir=shakespeare_dir, download=False)
     assert preset.settings.clients_per_round == len(preset.data.client_ids) == 4
-    _one_round(preset, local_steps=1, batch_size=2)
+    initial = [w.copy() for w in preset.model.get_weights()]
+    trainer, _ = _one_round(preset, local_steps=1, batch_size=2)
+    # The trainer trained a copy: the next trainer of the preset starts where this one did.
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(trainer.model.get_weights(), initial, strict=True)
+    )
+    for got, want in zip(preset.trainer().model.get_weights(), initial, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_missing_data_fails_at_once_naming_the_files(tmp_path):
