@@ -395,8 +395,9 @@ class FederatedTrainer:
                 "Invalid value for evaluation data. Expected a tf.data.Dataset or (x, y). "
                 f"Received: {type(data).__name__}"
             )
-        rank = data.element_spec[0].shape.rank
-        return data if rank == len(self.model.input_shape) else data.batch(256)
+        rank = tf.nest.flatten(data.element_spec[0])[0].shape.rank
+        batched_rank = tf.nest.flatten(self.model.inputs)[0].shape.rank
+        return data if rank == batched_rank else data.batch(256)
 
     # ---- public API --------------------------------------------------------------------
 
@@ -469,7 +470,7 @@ class FederatedTrainer:
             )
         batched = check_client_datasets(
             datasets,
-            input_rank=len(self.model.input_shape),
+            input_rank=tuple(t.shape.rank for t in tf.nest.flatten(self.model.inputs)),
             num_outputs=int(self.model.output_shape[-1]),
             scan=validate_data,
         )

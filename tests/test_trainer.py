@@ -402,3 +402,29 @@ def test_client_data_in_memory_and_in_files_give_the_same_run():
 def test_bad_client_data_cache():
     with pytest.raises(ValueError, match="client_data_cache='disk'"):
         _fit(_trainer(), client_data_cache="disk")
+
+
+def test_a_model_with_two_inputs_trains_on_tuple_inputs():
+    tf.keras.utils.set_random_seed(0)
+    numeric = tf.keras.Input((3,), name="numeric")
+    extra = tf.keras.Input((1,), name="extra")
+    hidden = tf.keras.layers.Dense(8, activation="tanh", name="d1")(
+        tf.keras.layers.Concatenate()([numeric, extra])
+    )
+    model = tf.keras.Model([numeric, extra], tf.keras.layers.Dense(3, name="out")(hidden))
+    x, y = _arrays()
+    parts = partition_iid(x, y, NUM_CLIENTS, seed=0)
+    clients = [
+        tf.data.Dataset.from_tensor_slices(((x[p, :3], x[p, 3:]), y[p])) for p in parts
+    ]  # fmt: skip
+    trainer = _trainer(model, num_recycled_layers=1)
+    history = _fit_data(trainer, clients, validation_data=((x[:20, :3], x[:20, 3:]), y[:20]))
+    assert len(history.history["val_accuracy"]) == ROUNDS
+    assert history.history["recycled_layers"][0] == []
+    # x must carry one tensor per model input.
+    with pytest.raises(ValueError, match="Expected x to hold 2 tensor"):
+        _fit_data(_trainer(model), [tf.data.Dataset.from_tensor_slices((x[p], y[p])) for p in parts])
+
+
+def _fit_data(trainer, data, **kwargs):
+    return trainer.fit(data, rounds=ROUNDS, clients_per_round=PER_ROUND, verbose=0, **kwargs)

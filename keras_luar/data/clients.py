@@ -97,7 +97,7 @@ def _spec_summary(spec) -> str:
 def check_client_datasets(
     datasets: Mapping[str, tf.data.Dataset],
     *,
-    input_rank: int,
+    input_rank: int | tuple[int, ...],
     num_outputs: int,
     scan: bool = True,
 ) -> bool:
@@ -105,7 +105,9 @@ def check_client_datasets(
 
     Args:
       datasets: ``{client_id: dataset}`` with ``(x, y)`` elements.
-      input_rank: Rank of the model's batched input, e.g. 4 for images.
+      input_rank: Rank of the model's batched input, e.g. 4 for images; for a
+        model with several inputs, one rank per input in `tf.nest.flatten`
+        order (x is then a matching tuple or dict of tensors).
       num_outputs: Size of the model's last output dimension.
       scan: Also read every element once to check label range and finiteness.
 
@@ -131,15 +133,23 @@ def check_client_datasets(
                 f"{first_id!r} yields {_spec_summary(spec)} but client {cid!r} yields "
                 f"{_spec_summary(ds.element_spec)}"
             )
-    x_rank = spec[0].shape.rank
-    if x_rank == input_rank:
+    ranks = (input_rank,) if isinstance(input_rank, int) else tuple(input_rank)
+    x_specs = tf.nest.flatten(spec[0])
+    if len(x_specs) != len(ranks):
+        raise _invalid(
+            f"Expected x to hold {len(ranks)} tensor(s), one per model input. Received: x spec "
+            f"{_spec_summary(spec[0])}"
+        )
+    x_ranks = tuple(s.shape.rank for s in x_specs)
+    if x_ranks == ranks:
         batched = True
-    elif x_rank == input_rank - 1:
+    elif x_ranks == tuple(r - 1 for r in ranks):
         batched = False
     else:
+        expected = " and ".join(f"{r - 1} (unbatched) or {r} (batched)" for r in ranks)
         raise _invalid(
-            f"Expected x of rank {input_rank - 1} (unbatched) or {input_rank} (batched) to "
-            f"match the model input. Received: x spec {_spec_summary(spec[0])}"
+            f"Expected x of rank {expected} to match the model input. Received: x spec "
+            f"{_spec_summary(spec[0])}"
         )
     sparse = spec[1].dtype.is_integer
     checker = _scanner(sparse) if scan else None
@@ -168,7 +178,9 @@ def _scanner(sparse: bool):
             x, y = element
             count, low, high, finite = acc
             y64 = tf.cast(tf.reshape(y, [-1]), tf.int64) if sparse else tf.zeros([1], tf.int64)
-            x_finite = tf.reduce_all(tf.math.is_finite(tf.cast(x, tf.float32)))
+            x_finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tf.nest.flatten(x)]
+            )
             return (
                 count + 1,
                 tf.minimum(low, tf.reduce_min(y64)),
