@@ -357,6 +357,55 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, received {text}")
+    return value
+
+
+def _add_worker(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run a TFF worker that FederatedTrainer(workers=[...]) can send client work to",
+        description=(
+            "Runs TFF's own worker_binary on PORT. It listens on every network interface "
+            "([::]:PORT; TFF 0.87 has no option to bind one address) and its protocol is "
+            "neither authenticated nor encrypted: run it on a trusted network only."
+        ),
+    )
+    parser.add_argument("--port", type=_port, required=True, help="port to listen on")
+    parser.add_argument(
+        "--max-concurrent-computation-calls", type=int, default=-1,
+        help="calls of one computation the worker runs at once; -1 means no limit",
+    )  # fmt: skip
+    parser.set_defaults(handler=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import os
+
+    from keras_luar.backends.remote import BIND_WARNING, WORKER_BINARY
+
+    print(f"keras-luar worker: WARNING: {BIND_WARNING.format(port=args.port)}", file=sys.stderr)
+    print(
+        f"keras-luar worker: point training at it with workers=['<this host>:{args.port}'].",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # The launcher becomes the worker: nothing is left behind when it is stopped.
+    os.execv(
+        WORKER_BINARY,
+        [
+            WORKER_BINARY,
+            f"--port={args.port}",
+            f"--max_concurrent_computation_calls={args.max_concurrent_computation_calls}",
+        ],
+    )
+    return 1  # pragma: no cover - execv does not return
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `keras-luar` argument parser."""
     parser = argparse.ArgumentParser(
@@ -370,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quickstart(subparsers)
     _add_run(subparsers)
     _add_compare(subparsers)
+    _add_worker(subparsers)
     return parser
 
 

@@ -85,6 +85,14 @@ class FederatedTrainer:
         round's clients train at once, each in a thread of its own; the
         result does not depend on it (TFF's runtime already trains clients
         concurrently).
+      workers: None (default) runs rounds on this machine. A list of
+        ``"host:port"`` addresses of TFF workers (started with ``keras-luar
+        worker --port N``) sends each round's client work to them, one
+        client call at a time, while aggregation and the server step run
+        here in process (so `backend` must be ``"auto"`` or ``"tensorflow"``).
+        `fit` fails before the first round when no worker answers; a worker
+        that dies mid-round has its calls retried on the others, with the
+        same result. See ``docs/howto/workers.md``.
       mixed_precision: None trains clients in float32. ``"mixed_bfloat16"``
         or ``"mixed_float16"`` gives every layer of the clients' model copy
         that Keras dtype policy (float32 variables, low-precision compute)
@@ -129,6 +137,7 @@ class FederatedTrainer:
         seed: int = 0,
         backend: str = "auto",
         parallel_clients: int = 1,
+        workers: Any = None,
         mixed_precision: str | None = None,
         **algorithm_options: Any,
     ):
@@ -238,6 +247,16 @@ class FederatedTrainer:
                 f"(x, seed) -> x. Received: augmentation of type {type(augmentation).__name__}"
             )
         self.augmentation = augmentation
+        self.workers = None
+        if workers is not None:
+            self.workers = backends.check_addresses(workers)
+            if backend not in ("auto", "tensorflow"):
+                raise ValueError(
+                    "Invalid value for argument `backend`. With `workers`, rounds are driven "
+                    "in process and the clients' work runs on the workers: expected 'auto' or "
+                    f"'tensorflow'. Received: backend={backend!r}"
+                )
+            backend = "tensorflow"
         self.backend = backends.resolve_backend(backend)
         self.parallel_clients = check_int("parallel_clients", parallel_clients, 1)
         if self.parallel_clients > 1 and self.backend != "tensorflow":
@@ -439,7 +458,9 @@ class FederatedTrainer:
             passes the datasets as they are. ``"auto"`` uses files when a
             client may hold more than 1 MB on the ``"tff"`` backend, where they
             are faster, and memory on ``"tensorflow"``, which serializes
-            nothing; both give the same batches.
+            nothing; both give the same batches. With ``workers``, ``"auto"``
+            is ``"memory"``: each call carries its client's data, so the
+            workers need no access to this machine's files.
 
         Returns:
           `History` whose ``history`` has, per round: ``loss`` and metrics over
@@ -454,6 +475,10 @@ class FederatedTrainer:
 
         Raises:
           ValueError / TypeError: For bad client data or arguments, before any round.
+          keras_luar.backends.WorkersUnavailableError: With ``workers``, when
+            no worker answers before the first round (the message names every
+            address tried), or when every worker has failed mid-run and none
+            answers again.
         """
         rounds = check_int("rounds", rounds, 1)
         datasets = as_client_datasets(client_data)
@@ -499,13 +524,20 @@ class FederatedTrainer:
                 sources = datasets
                 counts = {cid: _count(ds) for cid, ds in datasets.items()}
             context = None
-            if self.backend == "tensorflow":
+            if self.workers is not None:
+                context = backends.WorkerPoolContext(self.workers)
+                context.connect()  # fails now, naming the addresses, when none answers
+            elif self.backend == "tensorflow":
                 context = backends.InProcessContext(parallel_clients=self.parallel_clients)
-            with backends.execution(self.backend, context):
-                return self._fit(
-                    sources, counts, batched, rounds, clients_per_round,
-                    validation_data, callbacks, verbose, checkpoint_dir,
-                )  # fmt: skip
+            try:
+                with backends.execution(self.backend, context):
+                    return self._fit(
+                        sources, counts, batched, rounds, clients_per_round,
+                        validation_data, callbacks, verbose, checkpoint_dir,
+                    )  # fmt: skip
+            finally:
+                if self.workers is not None:
+                    context.close()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

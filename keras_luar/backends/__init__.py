@@ -9,6 +9,10 @@ Two backends run the same TFF computations, built once by the same code:
   Python process's TensorFlow runtime, on the GPU when TensorFlow sees one,
   handing client datasets over without serializing them.
 
+With ``FederatedTrainer(workers=[...])`` the rounds run through
+`WorkerPoolContext`, the in-process driver that sends each client's
+TensorFlow work to TFF workers (see ``docs/howto/workers.md``).
+
 ``"auto"`` picks ``"tensorflow"`` when TensorFlow sees a GPU and ``"tff"``
 otherwise. Both give the same History (the same recycled layers every round)
 and weights equal up to floating-point rounding; the tests check it for every
@@ -29,11 +33,27 @@ from collections.abc import Iterator
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar.backends.in_process import InProcessContext
+from keras_luar.backends.in_process import BlockFunction, InProcessContext
+from keras_luar.backends.remote import (
+    LocalWorkers,
+    WorkerPoolContext,
+    WorkersUnavailableError,
+    check_addresses,
+)
 
 BACKENDS = ("auto", "tff", "tensorflow")
 
-__all__ = ["BACKENDS", "InProcessContext", "execution", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "BlockFunction",
+    "InProcessContext",
+    "LocalWorkers",
+    "WorkerPoolContext",
+    "WorkersUnavailableError",
+    "check_addresses",
+    "execution",
+    "resolve_backend",
+]
 
 
 def resolve_backend(backend: str) -> str:

@@ -114,6 +114,49 @@ class InProcessContext(tff.framework.SyncContext):
         return cached[1]
 
 
+    def map_clients(self, function: Callable, values: list, pool: Any = None) -> list:
+        """Applies `function` to every client's value; the results in client order.
+
+        This is ``federated_map`` over CLIENTS. Subclasses may run the calls
+        elsewhere (`keras_luar.backends.WorkerPoolContext` sends the calls of a
+        `BlockFunction` to TFF workers).
+
+        Args:
+          function: The mapped function; a `BlockFunction` when it is a
+            TensorFlow block.
+          values: One value per client.
+          pool: The context's thread pool (``parallel_clients > 1``) or None.
+
+        Returns:
+          A list with one result per client, in the order of `values`.
+        """
+        if pool is not None:
+            return list(pool.map(function, values))
+        return [function(v) for v in values]
+
+
+class BlockFunction:
+    """A TensorFlow block as the evaluator calls it: runs the block in process.
+
+    It keeps the block, so that a context can run the call somewhere else.
+    The concrete function is looked up when called, so each calling thread
+    uses its own copy of the block's variables.
+
+    Args:
+      context: The context whose `InProcessContext.embedded` runs the block.
+      block: The ``CompiledComputation`` building block.
+    """
+
+    __slots__ = ("block", "context")
+
+    def __init__(self, context: InProcessContext, block: bb.CompiledComputation):
+        self.context = context
+        self.block = block
+
+    def __call__(self, argument: Any) -> Any:
+        return self.context.embedded(self.block)(argument)
+
+
 class _no_device:
     def __enter__(self):
         return None
@@ -227,8 +270,7 @@ class _Evaluator:
 
             return function
         if isinstance(block, bb.CompiledComputation):
-            # Looked up when called: the calling thread has its own copy.
-            return lambda argument, embedded=self._context.embedded: embedded(block)(argument)
+            return BlockFunction(self._context, block)
         if isinstance(block, bb.Intrinsic):
             return self._intrinsic(block.uri)
         if isinstance(block, bb.Literal):
@@ -244,9 +286,7 @@ class _Evaluator:
         if uri == "federated_broadcast":
             return lambda value: [value] * n
         if uri in ("federated_map", "federated_map_all_equal"):
-            if self._pool is not None:
-                return lambda arg: list(self._pool.map(arg[0], arg[1]))
-            return lambda arg: [arg[0](v) for v in arg[1]]
+            return lambda arg: self._context.map_clients(arg[0], arg[1], self._pool)
         if uri == "federated_apply":
             return lambda arg: arg[0](arg[1])
         if uri == "federated_value_at_server":
