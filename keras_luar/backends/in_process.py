@@ -28,6 +28,7 @@ unchanged, which is what makes the two execution paths agree.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import itertools
 import threading
@@ -88,7 +89,7 @@ class InProcessContext(tff.framework.SyncContext):
         if parameter is not None:
             num_clients = _cardinality(arg, parameter)
             value = _ingest(arg, parameter, num_clients)
-        with tf.device(self._device) if self._device else _no_device():
+        with tf.device(self._device) if self._device else contextlib.nullcontext():
             function = _Evaluator(self, num_clients, self._pool).evaluate(block, {})
             result = function(value) if parameter is not None else function(None)
         return _to_python(result, type_signature.result)
@@ -155,14 +156,6 @@ class BlockFunction:
 
     def __call__(self, argument: Any) -> Any:
         return self.context.embedded(self.block)(argument)
-
-
-class _no_device:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---- values in, values out ---------------------------------------------------------------
