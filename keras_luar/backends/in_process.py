@@ -44,6 +44,8 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 from tensorflow_federated.python.core.impl.utils import tensorflow_utils
 from tensorflow_federated.python.tensorflow_libs import serialization_utils
 
+from keras_luar._validation import check_int
+
 Struct = tff.structure.Struct
 _ids = itertools.count()
 
@@ -67,11 +69,7 @@ class InProcessContext(tff.framework.SyncContext):
     """
 
     def __init__(self, device: str | None = None, *, parallel_clients: int = 1):
-        if isinstance(parallel_clients, bool) or not isinstance(parallel_clients, int) or parallel_clients < 1:
-            raise ValueError(
-                "Invalid value for argument `parallel_clients`. Expected an int >= 1. "
-                f"Received: parallel_clients={parallel_clients!r}"
-            )
+        parallel_clients = check_int("parallel_clients", parallel_clients, 1)
         self._device = device
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(parallel_clients) if parallel_clients > 1 else None

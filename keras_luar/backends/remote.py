@@ -53,6 +53,7 @@ from tensorflow_federated.python.core.impl.executors import (
 )
 
 from keras_luar import _runtime
+from keras_luar._validation import check_int
 from keras_luar.backends.in_process import BlockFunction, InProcessContext
 
 Struct = tff.structure.Struct
@@ -275,7 +276,8 @@ class WorkerPoolContext(InProcessContext):
       device: As for `InProcessContext`: where the driver's blocks run.
 
     Raises:
-      ValueError: For invalid arguments.
+      ValueError: For invalid arguments (TypeError for a non-int
+        `calls_per_worker`).
     """
 
     def __init__(
@@ -305,18 +307,9 @@ class WorkerPoolContext(InProcessContext):
                 "Invalid value for argument `call_timeout`. Expected None or a number of "
                 f"seconds > 0. Received: call_timeout={call_timeout!r}"
             )
-        if (
-            isinstance(calls_per_worker, bool)
-            or not isinstance(calls_per_worker, int)
-            or calls_per_worker < 1
-        ):
-            raise ValueError(
-                "Invalid value for argument `calls_per_worker`. Expected an int >= 1. "
-                f"Received: calls_per_worker={calls_per_worker!r}"
-            )
         self.connect_timeout = float(connect_timeout)
         self.retry_timeout = float(retry_timeout)
-        self.calls_per_worker = calls_per_worker
+        self.calls_per_worker = check_int("calls_per_worker", calls_per_worker, 1)
         self._workers = [_Worker(a, call_timeout) for a in self.addresses]
         self._condition = threading.Condition()
         self._probe_lock = threading.Lock()
