@@ -34,6 +34,23 @@ from keras_luar.optimizers import to_tff_optimizer
 ALGORITHMS = tuple(registry.ALGORITHMS)
 
 
+def round_dataset_options() -> tf.data.Options:
+    """tf.data options for a client's data of one round.
+
+    Every round makes a fresh iterator over each sampled client's data, for
+    only τ steps. At each iterator's creation tf.data would rewrite the
+    pipeline with its default graph optimizations and start an autotuning
+    model, which cost about 10 ms per client on a CPU and cannot pay off in
+    τ steps; both are off here (set on each client's dataset, they hold for
+    the pipelines built on it). The elements and their order do not change
+    (``tests/test_trainer.py`` checks this).
+    """
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
+
+
 class FederatedTrainer:
     """Trains a Keras model with FedLUAR or FedAvg on TFF, the way `model.fit` trains.
 
@@ -82,8 +99,9 @@ class FederatedTrainer:
         Both give the same History and, up to floating-point rounding, the
         same weights, and a checkpoint of one resumes on the other.
       parallel_clients: With ``backend="tensorflow"``, how many of a
-        round's clients train at once, each in a thread of its own; the
-        result does not depend on it (TFF's runtime already trains clients
+        round's clients train at once (each with its own copy of the model's
+        variables); None (default) means 2 there. The result does not depend
+        on it, bit for bit (TFF's runtime already trains clients
         concurrently).
       workers: None (default) runs rounds on this machine. A list of
         ``"host:port"`` addresses of TFF workers (started with ``keras-luar
@@ -136,7 +154,7 @@ class FederatedTrainer:
         augmentation: Any = None,
         seed: int = 0,
         backend: str = "auto",
-        parallel_clients: int = 1,
+        parallel_clients: int | None = None,
         workers: Any = None,
         mixed_precision: str | None = None,
         **algorithm_options: Any,
@@ -258,6 +276,8 @@ class FederatedTrainer:
                 )
             backend = "tensorflow"
         self.backend = backends.resolve_backend(backend)
+        if parallel_clients is None:
+            parallel_clients = 2 if self.backend == "tensorflow" and workers is None else 1
         self.parallel_clients = check_int("parallel_clients", parallel_clients, 1)
         if self.parallel_clients > 1 and self.backend != "tensorflow":
             raise ValueError(
@@ -546,6 +566,10 @@ class FederatedTrainer:
         validation_data, callbacks, verbose, checkpoint_dir,
     ):  # fmt: skip
         client_ids = list(sources)
+        # Set once on each client's dataset, the options hold for every round's
+        # pipeline built on it.
+        options = round_dataset_options()
+        sources = {cid: ds.with_options(options) for cid, ds in sources.items()}
         process = self._build_process(
             self._round_dataset(sources[client_ids[0]], batched, 0, 0, 1).element_spec
         )

@@ -245,8 +245,9 @@ def test_mixed_precision_trains_clients_in_bfloat16_on_both_backends():
         _trainer(mixed_precision="float8")
 
 
-def test_parallel_clients_give_the_same_result_as_one_at_a_time():
-    trainer = _trainer(backend="tensorflow", **CASES["fedluar"])
+def _three_rounds(name="fedluar"):
+    """Runs three rounds of `name` under a given context; returns (metrics, weights)."""
+    trainer = _trainer(backend="tensorflow", **CASES[name])
     datasets = keras_luar.data.as_client_datasets(_client_data())
     ids = list(datasets)
     spec = trainer._round_dataset(datasets[ids[0]], False, 0, 0).element_spec
@@ -257,12 +258,51 @@ def test_parallel_clients_give_the_same_result_as_one_at_a_time():
             state = process.initialize()
             for t in range(3):
                 data = [trainer._round_dataset(datasets[ids[i]], False, t, i) for i in range(4)]
-                state = process.next(state, data).state
-            return process.get_model_weights(state).trainable
+                output = process.next(state, data)
+                state = output.state
+            metrics = tf.nest.flatten(output.metrics)
+            return metrics, process.get_model_weights(state).trainable
 
-    sequential = rounds(InProcessContext())
-    parallel = rounds(InProcessContext(parallel_clients=3))
-    for a, b in zip(sequential, parallel, strict=True):
-        np.testing.assert_array_equal(a, b)
+    return rounds
+
+
+def _assert_bitwise_equal(a, b):
+    for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["fedluar", "fedpart", "fedopt+luar"])
+def test_a_traced_round_is_bit_for_bit_the_python_walk(name):
+    # The walk calls every block from Python; tracing turns the same calls into
+    # one TensorFlow function, with client i on copy i mod parallel_clients.
+    rounds = _three_rounds(name)
+    walked = rounds(InProcessContext(trace=False))
+    _assert_bitwise_equal(rounds(InProcessContext()), walked)
+    _assert_bitwise_equal(rounds(InProcessContext(parallel_clients=3)), walked)
+
+
+def test_parallel_clients_give_the_same_result_as_one_at_a_time():
+    rounds = _three_rounds()
+    sequential = rounds(InProcessContext(parallel_clients=1))
+    _assert_bitwise_equal(rounds(InProcessContext(parallel_clients=2)), sequential)
+    # Walked in threads, each thread with its own block copies.
+    _assert_bitwise_equal(rounds(InProcessContext(parallel_clients=3, trace=False)), sequential)
     with pytest.raises(ValueError, match="parallel_clients"):
         InProcessContext(parallel_clients=0)
+
+
+def test_tffs_own_grappler_pass_gives_the_same_round_up_to_rounding():
+    rounds = _three_rounds()
+    default = rounds(InProcessContext())
+    with_pass = rounds(InProcessContext(tff_grappler=True))
+    for x, y in zip(tf.nest.flatten(with_pass), tf.nest.flatten(default), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    for flag in ("trace", "tff_grappler"):
+        with pytest.raises(TypeError, match=rf"argument `{flag}`.*'yes'"):
+            InProcessContext(**{flag: "yes"})
+
+
+def test_the_trainer_trains_two_clients_at_once_in_process_by_default():
+    assert _trainer(backend="tensorflow").parallel_clients == 2
+    assert _trainer(backend="tff").parallel_clients == 1
+    assert _trainer(backend="tensorflow", parallel_clients=1).parallel_clients == 1

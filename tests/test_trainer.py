@@ -428,3 +428,20 @@ def test_a_model_with_two_inputs_trains_on_tuple_inputs():
 
 def _fit_data(trainer, data, **kwargs):
     return trainer.fit(data, rounds=ROUNDS, clients_per_round=PER_ROUND, verbose=0, **kwargs)
+
+
+def test_round_dataset_options_keep_the_batches_and_their_order():
+    # The trainer switches tf.data's graph rewrites and autotuning off on client
+    # data (they cost ~10 ms per client and round); the batches must not change.
+    trainer = _trainer()
+    x, y = _arrays(n=30)
+    plain = tf.data.Dataset.from_tensor_slices((x, y))
+    tuned = plain.with_options(keras_luar.trainer.round_dataset_options())
+    assert tuned.options().autotune.enabled is False
+    for t in range(3):
+        want = list(trainer._round_dataset(plain, False, t, 1).as_numpy_iterator())
+        got = list(trainer._round_dataset(tuned, False, t, 1).as_numpy_iterator())
+        assert len(got) == trainer.local_steps
+        for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)

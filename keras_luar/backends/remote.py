@@ -290,7 +290,7 @@ class WorkerPoolContext(InProcessContext):
         calls_per_worker: int = 1,
         device: str | None = None,
     ):
-        super().__init__(device)
+        super().__init__(device, trace=False)  # each client call is sent on its own
         self.addresses = check_addresses(workers)
         for name, value in (("connect_timeout", connect_timeout), ("retry_timeout", retry_timeout)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
