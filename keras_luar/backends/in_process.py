@@ -120,7 +120,7 @@ class InProcessContext(tff.framework.SyncContext):
             else None
         )
         self._compiled: dict[int, tuple[Any, Any]] = {}  # id(comp) -> (comp, block)
-        self._embedded: dict[tuple[int, int], tuple[Any, _Embedded]] = {}  # (block, thread)
+        self._embedded: dict[tuple, tuple[Any, _Embedded]] = {}  # (block, thread, copy)
         self._traced: dict[tuple, tuple[Any, Any]] = {}  # (comp, signature) -> (comp, _Traced)
 
     def invoke(self, comp: Any, arg: Any) -> Any:
@@ -134,21 +134,27 @@ class InProcessContext(tff.framework.SyncContext):
             num_clients = _cardinality(arg, parameter)
             value = _ingest(arg, parameter, num_clients)
         with tf.device(self._device) if self._device else contextlib.nullcontext():
-            traced = self._traced_function(comp, block, value, num_clients) if self._trace else None
+            leaves, spec = _flatten(value)
+            traced = self._traced_function(comp, block, leaves, spec, num_clients)
             if traced is not None:
-                result = traced(value)
+                result = traced(leaves)
             else:
                 function = _Evaluator(self, num_clients, self._pool).evaluate(block, {})
                 result = function(value)
         return _to_python(result, type_signature.result)
 
-    def _traced_function(self, comp, block, value, num_clients) -> _Traced | None:
-        """`comp` traced for values shaped like `value` (None if it cannot be traced)."""
-        leaves, spec = _flatten(value)
-        key = (id(comp), num_clients, spec, tuple(_leaf_signature(v) for v in leaves))
+    def _traced_function(self, comp, block, leaves, spec, num_clients) -> _Traced | None:
+        """`comp` traced for arguments of this nesting and these leaf types.
+
+        None when tracing is off or the computation cannot be traced.
+        """
+        if not self._trace:
+            return None
+        signature = tuple(_leaf_signature(v) for v in leaves)
+        key = (id(comp), num_clients, spec, signature)
         cached = self._traced.get(key)
         if cached is None or cached[0] is not comp:
-            traced = _Traced.build(self, block, num_clients, leaves, spec)
+            traced = _Traced.build(self, block, num_clients, signature, spec)
             cached = self._traced[key] = (comp, traced)
         return cached[1]
 
@@ -234,7 +240,6 @@ class BlockFunction:
         return self.context.embedded(self.block, copy)(argument)
 
 
-
 class _Traced:
     """One computation, for one number of clients, as a single concrete function.
 
@@ -250,8 +255,7 @@ class _Traced:
         self._embedded = embedded
 
     @classmethod
-    def build(cls, context, block, num_clients, leaves, spec) -> _Traced | None:
-        signature = [_leaf_signature(v) for v in leaves]
+    def build(cls, context, block, num_clients, signature, spec) -> _Traced | None:
         if any(s is None for s in signature):
             return None
         found: dict[str, Any] = {}
@@ -267,14 +271,14 @@ class _Traced:
             return out
 
         try:
-            function = tf.function(body, input_signature=signature, autograph=False)
+            function = tf.function(body, input_signature=list(signature), autograph=False)
             concrete = function.get_concrete_function()
         except _Untraceable:
             return None
         return cls(concrete, found["spec"], list({id(e): e for e in used}.values()))
 
-    def __call__(self, value: Any) -> Any:
-        leaves, _ = _flatten(value)
+    def __call__(self, leaves: list) -> Any:
+        """Runs the round on the leaves of its argument (as `_flatten` lists them)."""
         inputs = [tf.data.experimental.to_variant(v) if isinstance(v, tf.data.Dataset) else v
                   for v in leaves]
         outputs = self._function._call_flat(inputs, self._function.captured_inputs)
@@ -350,6 +354,7 @@ def _struct(names: tuple, values: list) -> Struct:
     struct._hash = None
     struct._elements_cache = None
     return struct
+
 
 # ---- values in, values out ---------------------------------------------------------------
 
