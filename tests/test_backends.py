@@ -64,7 +64,7 @@ def _run(backend, options, model=None, **fit_options):
     return history.history, [w.copy() for w in trainer.model.get_weights()]
 
 
-def _assert_same_run(reference, candidate):
+def _assert_same_run(reference, candidate, *, rtol=1e-4, atol=1e-5, accuracy_atol=1e-5):
     (want, want_weights), (got, got_weights) = reference, candidate
     assert set(got) == set(want)
     assert all(len(v) == ROUNDS for v in got.values())
@@ -74,9 +74,10 @@ def _assert_same_run(reference, candidate):
         if key in EXACT or key == "recycled_layers":
             assert got[key] == values, key
         else:  # losses, metrics, scores, LBGM's fractional aggregation counts
-            np.testing.assert_allclose(got[key], values, rtol=1e-4, atol=1e-5, err_msg=key)
+            tolerance = accuracy_atol if key.endswith("accuracy") else atol
+            np.testing.assert_allclose(got[key], values, rtol=rtol, atol=tolerance, err_msg=key)
     for g, w in zip(got_weights, want_weights, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("name", sorted(set(CASES) - STOCHASTIC))
@@ -235,7 +236,12 @@ def test_mixed_precision_trains_clients_in_bfloat16_on_both_backends():
     options = dict(CASES["fedluar"], mixed_precision="mixed_bfloat16")
     reference = _run("tff", options)
     candidate = _run("tensorflow", options)
-    _assert_same_run(reference, candidate)
+    # TFF's worker_binary is a TensorFlow build of its own: on a CPU with native
+    # bfloat16 instructions (AVX512_BF16, AMX) this process's kernels round bfloat16
+    # differently from the worker's. The runs then agree to bfloat16's precision (8
+    # bits of mantissa), and a client's accuracy may differ by an example or two of
+    # its 72 (3 clients x 3 steps x batch 8), while what is recycled and sent is equal.
+    _assert_same_run(reference, candidate, rtol=2e-2, atol=2e-3, accuracy_atol=2.5 / 72)
     full = _run("tensorflow", CASES["fedluar"])
     assert all(w.dtype == np.float32 for w in candidate[1])  # variables stay float32
     # bfloat16 compute rounds differently: the losses move, but only a little.
