@@ -10,7 +10,7 @@ and bias are separate variables. Everything else is never recycled:
 * non-trainable variables (BatchNorm moving mean/variance, frozen layers) are
   not part of the uploaded update; `bn_statistics` says whether they are
   averaged across clients every round (``"average"``, as the FedLUAR code does)
-  or kept at the server's values (``"local"``, as FedLAMA and FedPart do).
+  or kept by each client (``"local"``, as Fling's FedPart does).
 
 Candidates are found by shape and trainability, never by parsing variable
 names, so the rule holds for any Keras layer, including custom ones.

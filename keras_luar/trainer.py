@@ -26,8 +26,14 @@ from keras_luar._validation import check_int
 from keras_luar.aggregators import LuarFactory, with_global_weight_norms
 from keras_luar.algorithms import registry
 from keras_luar.algorithms.client_work import build_learning_process
+from keras_luar.algorithms.lbgm import DEFAULT_WEIGHTINGS
 from keras_luar.algorithms.stateful import StatefulClientProcess
-from keras_luar.data.clients import as_client_datasets, check_client_datasets
+from keras_luar.algorithms.weighting import check_weighting, sized_client_data
+from keras_luar.data.clients import (
+    as_client_datasets,
+    check_client_datasets,
+    client_data_sizes,
+)
 from keras_luar.data.records import read_client_records, write_client_records
 from keras_luar.optimizers import to_tff_optimizer
 
@@ -76,15 +82,24 @@ class FederatedTrainer:
         otherwise an optimizer as above, given the aggregated update.
         Required by ``"fedopt"`` (the paper uses SGD with learning rate 0.9 on
         CIFAR-10 and 1.2 on FEMNIST).
-      client_weighting: ``"uniform"`` or ``"example"``; None takes the
-        method's own, as its official code does: uniform for FedAvg, FedLUAR
-        and FedLAMA, example-weighted for LBGM and FedPart.
+      client_weighting: How a client's update counts in the server's mean:
+        ``"uniform"`` (1 each), ``"example"`` (the number of examples in the
+        client's data set, n_i, counted before the first round) or
+        ``"round_examples"`` (the examples it trained on in the round: τ·B
+        for every client of unbatched data, so in practice uniform). None
+        takes the method's own, as its official code does: uniform for
+        FedAvg, FedLUAR, FedProx, FedOpt, FedPAQ, FedLAMA and LBGM's
+        ``"paper"`` variant, data set size for LBGM and FedPart.
       bn_statistics: What happens to non-trainable variables (BatchNorm moving
-        statistics): ``"average"`` makes the clients' mean after training the
-        global model's every round (the official FedLUAR code; the default for
-        FedAvg, FedLUAR, FedProx, FedOpt and FedPAQ); ``"local"`` keeps the
-        server's values (the default for FedLAMA, LBGM and FedPart, whose
-        official code never averages them; FedLAMA and LBGM support only this).
+        statistics). ``"average"`` (the default of every method): clients
+        start from the global statistics and the weighted mean of theirs
+        after training becomes the global model's, every round, as the
+        official FedLUAR code does. ``"local"`` (FedPart and FedLAMA, the
+        official rule of Fling's FedPart and close to FedLAMA's per-slot
+        copies): every client keeps its statistics between its rounds and
+        trains on from them; the global model then carries the weighted mean
+        of the round's clients' statistics, so that it never evaluates with
+        the initial ones.
       augmentation: Optional ``fn(x, seed) -> x`` applied to every training
         example of unbatched client data in every round, after the shuffle, with
         a stateless seed that differs per run, round, client and example (e.g.
@@ -119,12 +134,19 @@ class FederatedTrainer:
         (TFF's optimizers have none), so tiny gradients may underflow. The
         global model, the aggregation and the server stay float32.
       **algorithm_options: The chosen algorithm's options: ``proximal_strength``
-        (FedProx μ, default 0.001), ``quantization_levels`` (FedPAQ s, default
-        16), ``aggregation_interval`` and ``fedavg_rounds`` (FedLAMA φ = 2 and
-        its 8 FedAvg warm-up rounds), ``lbgm_threshold``, ``error_feedback`` and
-        ``lbgm_variant`` (LBGM: the official per-tensor method, threshold 0.2 by
-        default, or the FedLUAR paper's whole-model ``"paper"`` variant, 0.95), ``warmup_rounds``, ``rounds_per_group``,
-        ``full_rounds_between_cycles`` and ``groups`` (FedPart).
+        (FedProx μ, default 0.001); ``quantization_levels`` (FedPAQ s, default
+        16), ``requantize_aggregate`` (None: quantize the aggregate again at the
+        server with LUAR on top, as the official FedPAQ + LUAR code does, and
+        not without) and ``quantize_statistics`` (default True: clients send
+        the quantized change of their BatchNorm statistics, as the official
+        FedPAQ does); ``aggregation_interval`` and ``fedavg_rounds`` (FedLAMA
+        φ = 2 and its 8 FedAvg warm-up rounds); ``lbgm_threshold``,
+        ``error_feedback``, ``lbgm_variant`` (LBGM: the official per-tensor
+        method, threshold 0.2 by default, or the FedLUAR paper's
+        ``"paper"`` baseline, 0.95) and ``server_momentum`` (LBGM's official
+        heavy-ball server step uses 0.9; default 0, FedAvg's step);
+        ``warmup_rounds``, ``rounds_per_group``, ``full_rounds_between_cycles``
+        and ``groups`` (FedPart).
 
     Raises:
       TypeError: For a model TFF cannot wrap (subclassed), bad argument types
@@ -200,12 +222,9 @@ class FederatedTrainer:
         self.seed = check_int("seed", seed, 0)
         if client_weighting is None:
             client_weighting = spec.client_weighting
-        if client_weighting not in ("uniform", "example"):
-            raise ValueError(
-                "Invalid value for argument `client_weighting`. Expected 'uniform' or "
-                f"'example'. Received: client_weighting={client_weighting!r}"
-            )
-        self.client_weighting = client_weighting
+            if algorithm == "lbgm":
+                client_weighting = DEFAULT_WEIGHTINGS[options["lbgm_variant"]]
+        self.client_weighting = check_weighting("client_weighting", client_weighting)
         self._loss_fn = loss_factory(loss)
         loss_name = getattr(loss, "name", None) or getattr(loss, "__name__", None) or str(loss)
         self._metric_fns = metric_factories(metrics, str(loss_name).lower())
@@ -251,12 +270,12 @@ class FederatedTrainer:
 
             self._groups = layer_groups(model, groups=options["groups"])
         if bn_statistics is None:
-            bn_statistics = "local" if algorithm in ("fedlama", "lbgm", "fedpart") else "average"
-        supported = ("local",) if algorithm in ("fedlama", "lbgm") else ("average", "local")
-        if bn_statistics not in supported:
+            bn_statistics = spec.bn_statistics[0]
+        if bn_statistics not in spec.bn_statistics:
             raise ValueError(
-                f"Invalid value for argument `bn_statistics`. Expected one of {supported} for "
-                f"algorithm {algorithm!r}. Received: bn_statistics={bn_statistics!r}"
+                f"Invalid value for argument `bn_statistics`. Expected one of "
+                f"{spec.bn_statistics} for algorithm {algorithm!r}. Received: "
+                f"bn_statistics={bn_statistics!r}"
             )
         self.bn_statistics = bn_statistics
         if augmentation is not None and not callable(augmentation):
@@ -293,14 +312,6 @@ class FederatedTrainer:
                 f"mixed_precision={mixed_precision!r}"
             )
         self.mixed_precision = mixed_precision
-        if self._layout.non_trainable and bn_statistics == "local":
-            warnings.warn(
-                "The model has non-trainable variables "
-                f"({', '.join(v.name for v in self._layout.non_trainable)}). With "
-                "bn_statistics='local' they keep the server's values; clients' moving "
-                "statistics are not averaged.",
-                stacklevel=2,
-            )
 
     @property
     def layout(self) -> layers.ModelLayout:
@@ -322,12 +333,16 @@ class FederatedTrainer:
                 return layer.__class__.from_config(config)
 
         def model_fn():
-            return tff.learning.models.from_keras_model(
-                tf.keras.models.clone_model(template, clone_function=clone_function),
-                loss=loss_fn(),
-                input_spec=input_spec,
-                metrics=[f() for f in metric_fns],
-            )
+            with warnings.catch_warnings():
+                # TFF warns that BatchNorm statistics "won't be updated during the
+                # training"; here every method handles them (see `bn_statistics`).
+                warnings.filterwarnings("ignore", message="Batch Normalization contains")
+                return tff.learning.models.from_keras_model(
+                    tf.keras.models.clone_model(template, clone_function=clone_function),
+                    loss=loss_fn(),
+                    input_spec=input_spec,
+                    metrics=[f() for f in metric_fns],
+                )
 
         process = self._build_algorithm(model_fn)
         restore_keras_v2_classes(self.model)
@@ -344,15 +359,23 @@ class FederatedTrainer:
 
             return build_fedlama(
                 model_fn, client_optimizer=self._client_optimizer, local_steps=self.local_steps, seed=self.seed,
-                client_weighting=self.client_weighting,
+                client_weighting=self.client_weighting, bn_statistics=self.bn_statistics,
                 aggregation_interval=options["aggregation_interval"],
                 fedavg_rounds=options["fedavg_rounds"],
             )  # fmt: skip
         if name == "lbgm":
             from keras_luar.algorithms.lbgm import build_lbgm
 
+            if options["server_momentum"] and self._server_optimizer_given:
+                raise ValueError(
+                    "Invalid value for argument `server_momentum`. Expected 0 when a "
+                    "server_optimizer is given (put the momentum in the optimizer). "
+                    f"Received: server_momentum={options['server_momentum']!r}"
+                )
             return build_lbgm(
-                model_fn, **common, local_steps=self.local_steps, seed=self.seed,
+                model_fn, client_optimizer=self._client_optimizer, local_steps=self.local_steps,
+                server_optimizer=self._server_optimizer if self._server_optimizer_given else None,
+                server_momentum=options["server_momentum"], seed=self.seed,
                 client_weighting=self.client_weighting,
                 threshold=options["lbgm_threshold"], error_feedback=options["error_feedback"],
                 variant=options["lbgm_variant"],
@@ -370,16 +393,23 @@ class FederatedTrainer:
             )  # fmt: skip
         # FedAvg, FedLUAR, FedProx, FedOpt and FedPAQ: TFF's FedAvg composition with
         # LuarFactory as the aggregation step (δ = 0 is exactly its inner aggregation).
-        inner = None
+        inner = statistics_quantizer = None
         if name == "fedpaq":
             from keras_luar.aggregators import QuantizationFactory
 
-            inner = QuantizationFactory(options["quantization_levels"], seed=self.seed)
+            requantize = options["requantize_aggregate"]
+            if requantize is None:  # the official FedPAQ + LUAR does, FedPAQ does not
+                requantize = self.num_recycled_layers > 0
+            inner = QuantizationFactory(
+                options["quantization_levels"], seed=self.seed, requantize=requantize
+            )
+            if options["quantize_statistics"]:
+                statistics_quantizer = inner
         factory = LuarFactory(
             self.num_recycled_layers,
             seed=self.seed,
             inner_factory=inner,
-            client_weighting=self.client_weighting,
+            client_weighting="example",  # the weights the client work computes
             variable_names=[v.name for v in self._layout.trainable],
         )
         process = build_learning_process(
@@ -387,8 +417,9 @@ class FederatedTrainer:
             **common,
             model_aggregator=factory,
             proximal_strength=options.get("proximal_strength", 0.0) if name == "fedprox" else 0.0,
-            client_weighting="example",  # LuarFactory applies `client_weighting` itself
+            client_weighting=self.client_weighting,
             bn_statistics=self.bn_statistics,
+            statistics_quantizer=statistics_quantizer,
         )
         return with_global_weight_norms(process)
 
@@ -536,6 +567,8 @@ class FederatedTrainer:
             in_process = self.backend == "tensorflow"
             large = not in_process and _may_exceed(datasets, batched, 2**20)
             client_data_cache = "files" if large else "memory"
+        # n_i, each client's number of examples, read before the data may move to files.
+        sizes = client_data_sizes(datasets, batched=batched)
         workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")
         try:
             if client_data_cache == "files":
@@ -552,7 +585,7 @@ class FederatedTrainer:
             try:
                 with backends.execution(self.backend, context):
                     return self._fit(
-                        sources, counts, batched, rounds, clients_per_round,
+                        sources, counts, sizes, batched, rounds, clients_per_round,
                         validation_data, callbacks, verbose, checkpoint_dir,
                     )  # fmt: skip
             finally:
@@ -562,7 +595,7 @@ class FederatedTrainer:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _fit(
-        self, sources, counts, batched, rounds, clients_per_round,
+        self, sources, counts, sizes, batched, rounds, clients_per_round,
         validation_data, callbacks, verbose, checkpoint_dir,
     ):  # fmt: skip
         client_ids = list(sources)
@@ -636,12 +669,18 @@ class FederatedTrainer:
                     )
                     for i in chosen
                 ]
+                if self.client_weighting == "example":  # each client weighs its data set size
+                    round_data = [
+                        sized_client_data(ds, sizes[client_ids[i]])
+                        for ds, i in zip(round_data, chosen, strict=True)
+                    ]
                 if stateful:
-                    states_in = [client_states.get(int(i), fresh_client_state) for i in chosen]
+                    keys = [int(i) for i in chosen]
+                    if process.client_states_by == "slot":
+                        keys = list(range(len(chosen)))
+                    states_in = [client_states.get(k, fresh_client_state) for k in keys]
                     output = process.next(state, round_data, states_in)
-                    client_states.update(
-                        zip((int(i) for i in chosen), output.client_states, strict=True)
-                    )
+                    client_states.update(zip(keys, output.client_states, strict=True))
                 else:
                     output = process.next(state, round_data)
                 state = output.state

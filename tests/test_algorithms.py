@@ -33,7 +33,13 @@ def test_fedprox_without_proximal_term_is_fedluar_and_with_it_differs():
         np.testing.assert_array_equal(a, b)
     prox, prox_history = _run(algorithm="fedprox", num_recycled_layers=1, proximal_strength=0.5)
     assert prox_history.history["recycled_layers"][0] == []
-    assert max(np.abs(a - b).max() for a, b in zip(_weights(luar.model), _weights(prox.model), strict=True)) > 1e-4
+    assert (
+        max(
+            np.abs(a - b).max()
+            for a, b in zip(_weights(luar.model), _weights(prox.model), strict=True)
+        )
+        > 1e-4
+    )
 
 
 def test_fedopt_applies_the_server_learning_rate_to_the_aggregate():
@@ -78,7 +84,11 @@ def test_fedpaq_counts_quantized_bytes(delta):
         ({"algorithm": "fedavg", "lbgm_threshold": 0.5}, TypeError, r"'lbgm_threshold'.*'fedavg'"),
         ({"algorithm": "lbgm", "num_recycled_layers": 1}, ValueError, r"cannot use LUAR.*fedluar"),
         ({"algorithm": "fedopt"}, ValueError, r"server_optimizer.*fedopt"),
-        ({"algorithm": "fedprox", "proximal_strength": -0.1}, ValueError, r"proximal_strength.*-0.1"),
+        (
+            {"algorithm": "fedprox", "proximal_strength": -0.1},
+            ValueError,
+            r"proximal_strength.*-0.1",
+        ),
         ({"algorithm": "fedpaq", "quantization_levels": 0}, ValueError, r"quantization_levels.*0"),
         ({"algorithm": "fedpaq", "quantization_levels": 2.5}, TypeError, r"quantization_levels"),
         ({"algorithm": "fedlama", "aggregation_interval": 0}, ValueError, r"aggregation_interval"),
@@ -190,21 +200,31 @@ def _bn_model():
     )
 
 
-def test_batchnorm_statistics_are_averaged_for_fedluar_and_kept_when_local():
-    averaged, _ = _run(rounds=2, model=_bn_model(), algorithm="fedluar", num_recycled_layers=1)
-    moving_mean = averaged.model.get_layer("bn").moving_mean.numpy()
-    assert np.abs(moving_mean).max() > 1e-3  # moved from its initial zeros
-    with pytest.warns(UserWarning, match="bn_statistics='local'"):
-        trainer = _trainer(model=_bn_model(), algorithm="fedpart", num_recycled_layers=None)
-    assert trainer.bn_statistics == "local"
-    trainer.fit(_client_data(), rounds=1, clients_per_round=PER_ROUND, verbose=0)
-    np.testing.assert_array_equal(trainer.model.get_layer("bn").moving_mean.numpy(), 0.0)
+@pytest.mark.parametrize("algorithm", ["fedluar", "fedpart", "fedlama", "lbgm"])
+def test_batchnorm_statistics_come_from_training_by_default(algorithm):
+    delta = 1 if algorithm == "fedluar" else None  # the BN model has 2 candidates
+    trainer = _trainer(model=_bn_model(), algorithm=algorithm, num_recycled_layers=delta)
+    assert trainer.bn_statistics == "average"
+    trainer.fit(_client_data(), rounds=2, clients_per_round=PER_ROUND, verbose=0)
+    bn = trainer.model.get_layer("bn")
+    assert np.abs(bn.moving_mean.numpy()).max() > 1e-3  # moved from its initial zeros
+    assert np.abs(bn.moving_variance.numpy() - 1.0).max() > 1e-3  # and from its ones
 
 
-def test_fedlama_and_lbgm_cannot_average_batchnorm_statistics():
-    for algorithm in ("fedlama", "lbgm"):
-        with pytest.raises(ValueError, match=r"bn_statistics.*\('local',\).*'average'"):
-            _trainer(algorithm=algorithm, num_recycled_layers=None, bn_statistics="average")
+@pytest.mark.parametrize("algorithm", ["fedpart", "fedlama"])
+def test_local_batchnorm_statistics_also_leave_the_initial_values(algorithm):
+    trainer = _trainer(
+        model=_bn_model(), algorithm=algorithm, num_recycled_layers=None, bn_statistics="local"
+    )
+    trainer.fit(_client_data(), rounds=2, clients_per_round=PER_ROUND, verbose=0)
+    assert np.abs(trainer.model.get_layer("bn").moving_mean.numpy()).max() > 1e-3
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedluar", "fedprox", "fedopt", "fedpaq", "lbgm"])
+def test_methods_without_per_client_statistics_refuse_local(algorithm):
+    options = {"server_optimizer": tf.keras.optimizers.SGD(1.0)} if algorithm == "fedopt" else {}
+    with pytest.raises(ValueError, match=r"bn_statistics.*\('average',\).*'local'"):
+        _trainer(algorithm=algorithm, num_recycled_layers=None, bn_statistics="local", **options)
 
 
 def test_augmentation_is_applied_to_every_training_example():
@@ -252,3 +272,42 @@ def test_augmentation_refuses_batched_client_data():
         _trainer(augmentation=lambda image, seed: image).fit(
             batched, rounds=1, clients_per_round=PER_ROUND, verbose=0
         )
+
+
+def _one_round(clients_per_round=1, **kwargs):
+    kwargs.setdefault("num_recycled_layers", None)
+    trainer = _trainer(model=_bn_model(), **kwargs)
+    trainer.fit(_client_data(), rounds=1, clients_per_round=clients_per_round, verbose=0)
+    return trainer
+
+
+def test_fedpaq_quantizes_the_change_of_the_batchnorm_statistics():
+    levels = 4
+    exact = _one_round(algorithm="fedpaq", quantization_levels=levels, quantize_statistics=False)
+    quantized = _one_round(algorithm="fedpaq", quantization_levels=levels)
+    initial = _bn_model().get_layer("bn")
+    for name in ("moving_mean", "moving_variance"):
+        start = getattr(initial, name).numpy()
+        d = getattr(exact.model.get_layer("bn"), name).numpy() - start  # one client: its change
+        q = getattr(quantized.model.get_layer("bn"), name).numpy() - start
+        assert np.abs(d).max() > 1e-4
+        assert not np.allclose(q, d, rtol=1e-3, atol=0)  # the noise of quantization
+        # Q(d) lies on the grid ||d||·k/s with the signs of d.
+        steps = np.abs(q) / (np.linalg.norm(d) / levels)
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+        assert np.all((np.sign(q) == np.sign(d)) | (q == 0))
+
+
+def test_fedpaq_requantizes_the_aggregate_only_with_luar_by_default():
+    def weights(**kwargs):
+        return _weights(_one_round(algorithm="fedpaq", quantization_levels=4, **kwargs).model)
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    alone = weights()
+    assert same(alone, weights(requantize_aggregate=False))
+    assert not same(alone, weights(requantize_aggregate=True))
+    with_luar = weights(num_recycled_layers=1)
+    assert same(with_luar, weights(num_recycled_layers=1, requantize_aggregate=True))
+    assert not same(with_luar, weights(num_recycled_layers=1, requantize_aggregate=False))

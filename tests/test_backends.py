@@ -12,6 +12,7 @@ from test_trainer import ROUNDS, _client_data, _fit, _model, _trainer
 
 import keras_luar
 from keras_luar import backends
+from keras_luar.algorithms.weighting import sized_client_data
 from keras_luar.backends import InProcessContext
 
 # Every registered algorithm; LUAR on top where a method can take it (δ = 1 of 3).
@@ -20,15 +21,19 @@ CASES = {
     "fedluar": dict(algorithm="fedluar", num_recycled_layers=1),
     "fedprox+luar": dict(algorithm="fedprox", num_recycled_layers=1, proximal_strength=0.01),
     "fedopt+luar": dict(
-        algorithm="fedopt", num_recycled_layers=1,
+        algorithm="fedopt",
+        num_recycled_layers=1,
         server_optimizer=tf.keras.optimizers.SGD(0.9, momentum=0.5),
     ),  # fmt: skip
     "fedpaq+luar": dict(algorithm="fedpaq", num_recycled_layers=1, quantization_levels=4),
     "fedlama": dict(algorithm="fedlama", num_recycled_layers=None, fedavg_rounds=1),
     "lbgm": dict(algorithm="lbgm", num_recycled_layers=None, lbgm_threshold=0.5),
     "fedpart": dict(
-        algorithm="fedpart", num_recycled_layers=None,
-        warmup_rounds=1, rounds_per_group=1, full_rounds_between_cycles=1,
+        algorithm="fedpart",
+        num_recycled_layers=None,
+        warmup_rounds=1,
+        rounds_per_group=1,
+        full_rounds_between_cycles=1,
     ),  # fmt: skip
 }
 EXACT = ("upload_params", "upload_bytes", "comm_cost", "num_recycled", "num_dropped_clients")
@@ -264,6 +269,8 @@ def _three_rounds(name="fedluar"):
             state = process.initialize()
             for t in range(3):
                 data = [trainer._round_dataset(datasets[ids[i]], False, t, i) for i in range(4)]
+                if trainer.client_weighting == "example":  # FedPart: by data set size
+                    data = [sized_client_data(ds, 20 + i) for i, ds in enumerate(data)]
                 output = process.next(state, data)
                 state = output.state
             metrics = tf.nest.flatten(output.metrics)

@@ -10,6 +10,7 @@ import tensorflow_federated as tff
 import keras_luar  # noqa: F401 - sets up the TFF runtime clean-up before TFF runs
 from keras_luar.algorithms.client_work import build_learning_process
 from keras_luar.algorithms.fedlama import build_fedlama
+from keras_luar.algorithms.weighting import sized_client_data
 
 INPUT_SPEC = (tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, 2], tf.float32))
 # Trainable variables in TFF's order: W1 (4,3), b1, W2 (3,3), b2, W3 (3,2), b3.
@@ -17,7 +18,8 @@ SHAPES = [(4, 3), (3,), (3, 3), (3,), (3, 2), (2,)]
 SIZES = np.array([int(np.prod(s)) for s in SHAPES])
 KERNELS = [0, 2, 4]
 TAU = 2  # local steps = batches per client per round
-BATCH = [2, 3, 4]  # per client, so example weighting differs from uniform
+BATCH = [2, 3, 4]  # per client
+DATA_SIZES = [10.0, 990.0, 55.0]  # n_i of "example" weighting, not the examples of a round
 LR = 0.2
 PHI = 2
 WARMUP = 2  # FedAvg rounds 0-1; intervals are adjusted at the ends of rounds 1, 3, 5, ...
@@ -138,7 +140,7 @@ class Reference:
                 for v in range(len(SHAPES))
             ]
             trained.append(_local_sgd(start, x, y, BATCH[i]))
-            weights.append(1.0 if self.weighting == "uniform" else float(len(x)))
+            weights.append(1.0 if self.weighting == "uniform" else DATA_SIZES[i])
         w = np.array(weights) / sum(weights)
         for v in np.flatnonzero(sync):
             mean = sum(w[i] * trained[i][v] for i in range(3))
@@ -160,8 +162,8 @@ class Reference:
 
 
 def test_matches_numpy_reference():
-    # Example weighting with unequal client sizes; uniform weighting is checked
-    # against FedAvg in test_interval_one_is_fedavg.
+    # Example weighting (data set sizes) with unequal sizes; uniform weighting is
+    # checked against FedAvg in test_interval_one_is_fedavg.
     weighting = "example"
     process = build_fedlama(
         _model_fn,
@@ -191,7 +193,10 @@ def test_matches_numpy_reference():
         if t == 7:
             client_states[1] = stale
             fresh = (1,)
-        out = process.next(state, _datasets(data[t]), client_states)
+        datasets = [
+            sized_client_data(ds, n) for ds, n in zip(_datasets(data[t]), DATA_SIZES, strict=True)
+        ]
+        out = process.next(state, datasets, client_states)
         used, sync, upload = ref.next(data[t], fresh)
         state, client_states = out.state, list(out.client_states)
         history.append(used)

@@ -15,6 +15,7 @@ from keras_luar.algorithms.fedpart import (
     build_fedpart,
     layer_groups,
 )
+from keras_luar.algorithms.weighting import sized_client_data
 
 L = tf.keras.layers
 
@@ -392,7 +393,12 @@ def test_fedpart_process_matches_numpy_replay():
         clients.append(
             (rng.normal(size=(n, 3)).astype(np.float32), rng.integers(0, 2, n).astype(np.int32))
         )
-    datasets = [tf.data.Dataset.from_tensor_slices(c).batch(4) for c in clients]
+    # Each client trains on all its data once per round, so its data set size is the
+    # number of examples the numpy replay weighs it by.
+    datasets = [
+        sized_client_data(tf.data.Dataset.from_tensor_slices(c).batch(4), len(c[0]))
+        for c in clients
+    ]
     state = process.initialize()
     init = [
         (rng.normal(size=s) * 0.7).astype(np.float32) for s in [(3, 4), 4, (4, 3), 3, (3, 2), 2]

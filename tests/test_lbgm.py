@@ -29,10 +29,13 @@ def _model_fn():
     )
 
 
-def _process(**kwargs):
+def _process(momentum=None, **kwargs):
+    # The reference weighs a client by the examples of its round (2 + c rows per batch);
+    # data set sizes ("example", the official default) are tested on their own below.
+    kwargs.setdefault("client_weighting", "round_examples")
     return build_lbgm(
         _model_fn,
-        client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=LR),
+        client_optimizer=tff.learning.optimizers.build_sgdm(learning_rate=LR, momentum=momentum),
         local_steps=TAU,
         **kwargs,
     )
@@ -142,8 +145,11 @@ def _reference(
     paper=False,
     uniform=False,
     server_lr=1.0,
+    server_momentum=0.0,
+    sizes=None,
 ):
     weights = [np.array(w, np.float64) for w in _initial_weights()]
+    velocity = [np.zeros_like(w) for w in weights]
     states = {c: _new_client() for c in range(3)}
     rounds = []
     for r, chosen in enumerate(participation):
@@ -156,11 +162,16 @@ def _reference(
             )
             decisions[c], errors[c], upload = scalar, error, upload + sent
             if rec is not None:
-                w = 1.0 if uniform else sum(len(x) for x, _ in data[r][c])
+                if sizes is not None:
+                    w = sizes[c]
+                else:
+                    w = 1.0 if uniform else sum(len(x) for x, _ in data[r][c])
                 total = [t + w * a for t, a in zip(total, rec, strict=True)]
                 weight_sum += w
         mean = [t / weight_sum for t in total]
-        weights = [w - server_lr * m for w, m in zip(weights, mean, strict=True)]
+        # Heavy-ball server step (TFF's SGDM): v <- m v + mean, x <- x - lr v.
+        velocity = [server_momentum * v + m for v, m in zip(velocity, mean, strict=True)]
+        weights = [w - server_lr * v for w, v in zip(weights, velocity, strict=True)]
         rounds.append(
             {
                 "weights": [w.copy() for w in weights],
@@ -195,7 +206,14 @@ def _dataset(batches):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(len(batches[0][0]))
 
 
-def _drive(process, data, participation):
+def _drive(process, data, participation, sizes=None):
+    from keras_luar.algorithms.weighting import sized_client_data
+
+    def client_input(r, c):
+        if sizes is None:
+            return _dataset(data[r][c])
+        return sized_client_data(_dataset(data[r][c]), sizes[c])
+
     state = process.initialize()
     state = process.set_model_weights(
         state, tff.learning.models.ModelWeights(trainable=_initial_weights(), non_trainable=[])
@@ -205,7 +223,7 @@ def _drive(process, data, participation):
     for r, chosen in enumerate(participation):
         before = {c: client_states[c] for c in chosen}
         out = process.next(
-            state, [_dataset(data[r][c]) for c in chosen], [client_states[c] for c in chosen]
+            state, [client_input(r, c) for c in chosen], [client_states[c] for c in chosen]
         )
         state = out.state
         client_states.update(zip(chosen, out.client_states, strict=True))
@@ -385,14 +403,161 @@ def test_error_feedback_matches_reference(feedback_process):
     _check_against_reference(got, ref, residual=True)
 
 
-def test_paper_variant_decides_for_the_whole_model():
-    threshold, data = 0.5, _round_data(seed=1)
-    ref = _reference(data, PARTICIPATION, threshold, paper=True)
-    assert _margin(ref, threshold) > 0.02
-    decisions = [s[0] for rec in ref for s in rec["decisions"].values()]
-    assert any(decisions) and not all(decisions)
-    got = _drive(_process(threshold=threshold, variant="paper"), data, PARTICIPATION)
+def test_example_weighting_uses_each_clients_data_set_size():
+    threshold, data = 0.3, _round_data(seed=2, rounds=3)
+    sizes = {0: 10.0, 1: 990.0, 2: 55.0}  # not the examples of a round (4, 6 and 8)
+    ref = _reference(data, PARTICIPATION[:3], threshold, sizes=sizes)
+    by_round = _reference(data, PARTICIPATION[:3], threshold)
+    assert np.abs(ref[0]["weights"][0] - by_round[0]["weights"][0]).max() > 1e-3
+    got = _drive(
+        _process(threshold=threshold, client_weighting="example"),
+        data,
+        PARTICIPATION[:3],
+        sizes=sizes,
+    )
     _check_against_reference(got, ref)
+
+
+def test_server_momentum_is_a_heavy_ball_step_on_the_mean_update():
+    threshold, data = 0.3, _round_data(seed=2, rounds=4)
+    ref = _reference(data, PARTICIPATION[:4], threshold, server_momentum=0.5)
+    got = _drive(_process(threshold=threshold, server_momentum=0.5), data, PARTICIPATION[:4])
+    _check_against_reference(got, ref)
+    plain = _reference(data, PARTICIPATION[:4], threshold)
+    assert np.abs(ref[-1]["weights"][0] - plain[-1]["weights"][0]).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# The FedLUAR paper's LBGM (swblaster/FedLUAR a009835, solvers/LBGM.py), replayed in numpy:
+# state per slot, decision on the sum of raw gradients against the previous round's, a
+# scalar send scaling the slot's last full update, one number per tensor.
+
+
+def _local_update_with_gradients(weights, batches, momentum):
+    """(initial − trained, Σ raw gradients) of SGD with momentum on the MSE loss."""
+    kernel, bias = (np.array(w, np.float64) for w in weights)
+    velocity = [np.zeros_like(kernel), np.zeros_like(bias)]
+    gradient_sum = [np.zeros_like(kernel), np.zeros_like(bias)]
+    for x, y in batches:
+        x = x.astype(np.float64)
+        residual = x @ kernel + bias - y
+        scale = 2.0 / residual.size
+        grads = [scale * x.T @ residual, scale * residual.sum(0)]
+        gradient_sum = [s + g for s, g in zip(gradient_sum, grads, strict=True)]
+        velocity = [momentum * v + g for v, g in zip(velocity, grads, strict=True)]
+        kernel, bias = kernel - LR * velocity[0], bias - LR * velocity[1]
+    return [weights[0] - kernel, weights[1] - bias], gradient_sum
+
+
+def _reference_paper(data, participation, threshold, momentum):
+    weights = [np.array(w, np.float64) for w in _initial_weights()]
+    slots = {}
+    rounds = []
+    for r, chosen in enumerate(participation):
+        total, upload, decisions, errors = [0.0, 0.0], 0, [], []
+        for k, c in enumerate(chosen):
+            delta, grads = _local_update_with_gradients(weights, data[r][c], momentum)
+            slot = slots.get(k)
+            scalar, rho = False, 0.0
+            if slot is not None:
+                dot = sum(np.sum(a * b) for a, b in zip(grads, slot["look_back"], strict=True))
+                lb_sq = sum(np.sum(b * b) for b in slot["look_back"])
+                a_sq = sum(np.sum(a * a) for a in grads)
+                error = 1.0 - dot * dot / (a_sq * lb_sq)
+                scalar, rho = error <= threshold, dot / lb_sq
+                errors.append(error)
+            rec = [rho * d for d in slot["last_delta"]] if scalar else delta
+            upload += len(SIZES) if scalar else sum(SIZES)
+            slots[k] = {
+                "look_back": grads,
+                "last_delta": slot["last_delta"] if scalar else delta,
+            }
+            total = [t + a for t, a in zip(total, rec, strict=True)]
+            decisions.append(scalar)
+        weights = [w - t / len(chosen) for w, t in zip(weights, total, strict=True)]
+        rounds.append(
+            {
+                "weights": [w.copy() for w in weights],
+                "slots": {k: dict(v) for k, v in slots.items()},
+                "decisions": decisions,
+                "errors": errors,
+                "upload": upload,
+            }
+        )
+    return rounds
+
+
+def _drive_slots(process, data, participation):
+    assert process.client_states_by == "slot"
+    state = process.initialize()
+    state = process.set_model_weights(
+        state, tff.learning.models.ModelWeights(trainable=_initial_weights(), non_trainable=[])
+    )
+    slots, rounds = {}, []
+    for r, chosen in enumerate(participation):
+        states = [slots.get(k, process.initial_client_state()) for k in range(len(chosen))]
+        out = process.next(state, [_dataset(data[r][c]) for c in chosen], states)
+        state = out.state
+        slots.update(enumerate(out.client_states))
+        rounds.append(
+            {
+                "weights": [np.asarray(w) for w in process.get_model_weights(state).trainable],
+                "slots": dict(slots),
+                "metrics": out.metrics,
+            }
+        )
+    return rounds
+
+
+def test_paper_variant_matches_the_official_solver():
+    threshold, momentum, data = 0.9, 0.9, _round_data(seed=1)
+    ref = _reference_paper(data, PARTICIPATION, threshold, momentum)
+    decisions = [d for rec in ref for d in rec["decisions"]]
+    assert any(decisions) and not all(decisions)
+    # float32 must decide as float64 does: no error near the threshold.
+    assert min(abs(e - threshold) for rec in ref for e in rec["errors"]) > 0.02
+    # client_weighting=None: the variant's own, the solver's uniform mean.
+    process = _process(
+        momentum=momentum, threshold=threshold, variant="paper", client_weighting=None
+    )
+    assert process.client_states_by == "slot"
+    got = _drive_slots(process, data, PARTICIPATION)
+    for r, (g, e) in enumerate(zip(got, ref, strict=True)):
+        for a, b in zip(g["weights"], e["weights"], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"round {r}")
+        for k, slot in e["slots"].items():
+            for a, b in zip(g["slots"][k]["look_back"], slot["look_back"], strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"round {r} g_lb")
+            for a, b in zip(g["slots"][k]["last_delta"], slot["last_delta"], strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"round {r} Δ")
+        communication = g["metrics"]["communication"]
+        assert int(communication["upload_params"]) == e["upload"], f"round {r}"
+        np.testing.assert_allclose(
+            g["metrics"]["lbgm"]["scalar_fraction"], np.mean(e["decisions"]), rtol=1e-6
+        )
+
+
+def test_paper_variant_reads_gradients_not_updates():
+    """The decision differs from one taken on the updates, which momentum bends away."""
+    threshold, momentum, data = 0.9, 0.9, _round_data(seed=1)
+    ref = _reference_paper(data, PARTICIPATION, threshold, momentum)
+    on_updates = []
+    slots = {}
+    weights = [np.array(w, np.float64) for w in _initial_weights()]
+    for r, chosen in enumerate(PARTICIPATION):
+        for k, c in enumerate(chosen):
+            delta, _ = _local_update_with_gradients(weights, data[r][c], momentum)
+            if k in slots:
+                dot = sum(np.sum(a * b) for a, b in zip(delta, slots[k], strict=True))
+                cos_sq = dot**2 / (
+                    sum(np.sum(a * a) for a in delta) * sum(np.sum(b * b) for b in slots[k])
+                )
+                on_updates.append(1.0 - cos_sq <= threshold)
+            else:
+                on_updates.append(False)
+            slots[k] = delta
+        weights = ref[r]["weights"]
+    assert on_updates != [d for rec in ref for d in rec["decisions"]]
 
 
 @pytest.mark.parametrize(
@@ -408,6 +573,13 @@ def test_paper_variant_decides_for_the_whole_model():
         ({"variant": "whole"}, "variant"),
         ({"client_weighting": "clients"}, "client_weighting"),
         ({"error_feedback": "yes"}, "error_feedback"),
+        ({"error_feedback": True, "variant": "paper"}, "error_feedback"),
+        ({"server_momentum": 1.0}, "server_momentum"),
+        ({"server_momentum": -0.1}, "server_momentum"),
+        (
+            {"server_momentum": 0.9, "server_optimizer": tff.learning.optimizers.build_sgdm(1.0)},
+            "server_momentum",
+        ),
     ],
 )
 def test_bad_configuration_is_rejected_before_tracing(kwargs, name):

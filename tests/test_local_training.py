@@ -173,14 +173,14 @@ def test_trainable_schedule_freezes_variables_exactly():
 
 
 def test_uniform_weighting_and_non_finite_clients():
-    work = build_client_work(model_fn, tff.learning.optimizers.build_sgdm(LR), client_weighting="uniform")
+    work = build_client_work(
+        model_fn, tff.learning.optimizers.build_sgdm(LR), client_weighting="uniform"
+    )
     weights = tff.learning.models.ModelWeights(trainable=tuple(_initial()), non_trainable=())
     x, y = CLIENTS[0]
     bad_y = y.copy()
     bad_y[0, 0] = np.nan
-    out = work.next(
-        work.initialize(), [weights, weights], [_dataset(x, y), _dataset(x, bad_y)]
-    )
+    out = work.next(work.initialize(), [weights, weights], [_dataset(x, y), _dataset(x, bad_y)])
     good, bad = out.result
     assert good.update_weight == 1.0
     assert bad.update_weight == 0.0
@@ -218,21 +218,25 @@ def _shifted_clients():
     return [(x + 2.0 * i, y) for i, (x, y) in enumerate(_clients((6, 4, 2)))]
 
 
-def test_averaged_batchnorm_statistics_are_the_mean_of_the_clients():
-    def process(bn_statistics):
-        return build_learning_process(
-            _bn_model_fn,
-            client_optimizer=tff.learning.optimizers.build_sgdm(LR),
-            bn_statistics=bn_statistics,
-        )
-
-    averaging = process("average")
-    clients = _shifted_clients()
-    # Each client alone: its own statistics after local training.
+def _own_statistics(process, clients):
+    """Each client alone for one round: its statistics after local training."""
     own = []
     for x, y in clients:
-        state = averaging.next(averaging.initialize(), [_dataset(x, y)]).state
-        own.append([np.copy(v) for v in averaging.get_model_weights(state).non_trainable])
+        state = process.next(process.initialize(), [_dataset(x, y)]).state
+        own.append([np.copy(v) for v in process.get_model_weights(state).non_trainable])
+    return own
+
+
+@pytest.mark.parametrize("weighting", ["round_examples", "uniform"])
+def test_averaged_batchnorm_statistics_are_the_weighted_mean_of_the_clients(weighting):
+    averaging = build_learning_process(
+        _bn_model_fn,
+        client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+        bn_statistics="average",
+        client_weighting=weighting,
+    )
+    clients = _shifted_clients()
+    own = _own_statistics(averaging, clients)
     # The moving mean of one client, replayed: m <- 0.5 m + 0.5 batch_mean per batch of 2.
     x0 = clients[0][0]
     mean = np.zeros(3)
@@ -242,11 +246,46 @@ def test_averaged_batchnorm_statistics_are_the_mean_of_the_clients():
 
     state = averaging.next(averaging.initialize(), [_dataset(x, y) for x, y in clients]).state
     got = averaging.get_model_weights(state).non_trainable
-    for j in range(2):  # moving mean, moving variance: equal-weight mean over clients
-        np.testing.assert_allclose(got[j], np.mean([o[j] for o in own], axis=0), rtol=1e-5)
+    weights = np.array([6.0, 4.0, 2.0]) if weighting == "round_examples" else np.ones(3)
+    for j in range(2):  # moving mean, moving variance: the clients' weighted mean
+        want = sum(w * o[j] for w, o in zip(weights, own, strict=True)) / weights.sum()
+        np.testing.assert_allclose(got[j], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got[0], np.zeros(3))  # not the initial statistics
 
-    local = process("local")
-    state = local.next(local.initialize(), [_dataset(x, y) for x, y in clients]).state
-    kept = local.get_model_weights(state).non_trainable
-    np.testing.assert_array_equal(kept[0], np.zeros(3))  # the server's initial values
-    np.testing.assert_array_equal(kept[1], np.ones(3))
+
+def test_local_batchnorm_statistics_stay_with_each_client():
+    from keras_luar.algorithms import StatefulClientProcess
+
+    process = build_learning_process(
+        _bn_model_fn,
+        client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+        bn_statistics="local",
+        client_weighting="uniform",
+    )
+    assert isinstance(process, StatefulClientProcess)
+    clients = _shifted_clients()
+    data = [_dataset(x, y) for x, y in clients]
+    fresh = process.initial_client_state()
+    out = process.next(process.initialize(), data, [fresh] * 3)
+    # Round 0: every client trained from the global (initial) statistics, as when alone.
+    averaging = build_learning_process(
+        _bn_model_fn, client_optimizer=tff.learning.optimizers.build_sgdm(LR)
+    )
+    own = _own_statistics(averaging, clients)
+    for state, mine in zip(out.client_states, own, strict=True):
+        assert state["has_statistics"]
+        for got, want in zip(state["statistics"], mine, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The global model carries the clients' mean (never the initial statistics).
+    global_stats = process.get_model_weights(out.state).non_trainable
+    np.testing.assert_allclose(
+        global_stats[0], np.mean([o[0] for o in own], axis=0), rtol=1e-5, atol=1e-6
+    )
+    # Round 1: client 0 goes on from its own statistics, not from the global mean:
+    # m <- 0.5 m + 0.5 batch_mean from m = its own round-0 statistic.
+    out2 = process.next(out.state, data[:1], out.client_states[:1])
+    x0 = clients[0][0]
+    mean = own[0][0]
+    for i in range(0, len(x0), 2):
+        mean = 0.5 * mean + 0.5 * x0[i : i + 2].mean(axis=0)
+    np.testing.assert_allclose(out2.client_states[0]["statistics"][0], mean, rtol=1e-5, atol=1e-6)

@@ -199,7 +199,11 @@ def test_create_types_and_measurements():
     assert state.round_num == 0 and state.seed == 0
     out = process.next(state, _clients(np.random.default_rng(0)), [1.0, 1.0, 1.0])
     assert list(out.measurements) == ["quantization", "inner"]
-    assert dict(out.measurements["quantization"]) == {"levels": 8, "bits_per_coordinate": 5}
+    assert dict(out.measurements["quantization"]) == {
+        "levels": 8,
+        "bits_per_coordinate": 5,
+        "requantized": False,
+    }
 
 
 def test_process_matches_reference_over_rounds():
@@ -296,6 +300,45 @@ def test_luar_on_quantization_recycles_the_quantized_aggregate():
         recycled_rounds += int(mask.sum())
         state = out.state
     assert recycled_rounds == 3  # every round after the first recycles δ = 1 layer
+
+
+def np_requantize(values, levels, seed, round_num):
+    """The server's re-quantization, derived independently: the round key folded with -1."""
+    fold_in = tf.random.experimental.stateless_fold_in
+    key = fold_in(tf.constant([seed, round_num], tf.int64), tf.constant(-1, tf.int64))
+    client = fold_in(key, tf.constant(np_fingerprint(values), tf.int64))
+    out = []
+    for i, v in enumerate(values):
+        seed_i = fold_in(client, tf.constant(i, tf.int64))
+        u = tf.random.stateless_uniform(np.shape(v), seed=seed_i, dtype=tf.float32).numpy()
+        out.append(np_quantize(v, levels, u)[0])
+    return out
+
+
+def test_requantize_quantizes_the_aggregate_again():
+    levels, seed = 4, 9
+    plain = QuantizationFactory(levels, seed=seed).create(VALUE_TYPE, WEIGHT_TYPE)
+    again = QuantizationFactory(levels, seed=seed, requantize=True).create(VALUE_TYPE, WEIGHT_TYPE)
+    assert not QuantizationFactory(levels).requantize
+    plain_state, again_state = plain.initialize(), again.initialize()
+    rng = np.random.default_rng(11)
+    for t in range(2):
+        clients, weights = _clients(rng), [1.0, 3.0, 2.0]
+        mean = plain.next(plain_state, clients, weights)
+        out = again.next(again_state, clients, weights)
+        assert out.measurements["quantization"]["requantized"]
+        want = np_requantize([np.asarray(m) for m in mean.result], levels, seed, t)
+        for got, expected, m in zip(out.result, want, mean.result, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+            # On the grid of the aggregate's own norm: ||m||·k/s for integers 0 <= k <= s.
+            steps = np.abs(got) / (np.linalg.norm(m) / levels)
+            np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+        plain_state, again_state = mean.state, out.state
+
+
+def test_bad_requantize():
+    with pytest.raises(TypeError, match="`requantize`"):
+        QuantizationFactory(4, requantize="yes")
 
 
 def test_luar_delta_zero_equals_quantization_alone():

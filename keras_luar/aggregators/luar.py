@@ -86,8 +86,11 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
         those bytes for each sent tensor.
       client_weighting: ``"uniform"`` averages client updates with equal
         weights, as the official FedLUAR code does; ``"example"`` uses the
-        weights TFF passes in (the number of examples, with TFF's default
-        client weighting). Clients with weight 0 are dropped either way.
+        weights the client work passes in: with TFF's own builders the
+        number of examples a client trained on in the round (TFF's default
+        client weighting), with `keras_luar.algorithms.build_learning_process`
+        the weighting it was given (e.g. each client's data set size).
+        Clients with weight 0 are dropped either way.
       variable_names: Optional names for the leaves of the value type, in
         `tf.nest.flatten` order (e.g. ``[v.name for v in
         model.trainable_variables]``); they name the candidates in

@@ -14,6 +14,13 @@ It composes with FedLUAR as ``LuarFactory(δ, inner_factory=QuantizationFactory(
 the layers that are sent are quantized, the recycled ones arrive as zeros (which
 quantize to zeros), and LUAR recycles the stored quantized aggregate.
 
+``requantize=True`` quantizes the aggregate once more at the server, tensor by
+tensor with the same s levels, before it leaves the process. The official
+FedPAQ + LUAR code (swblaster/FedLUAR at commit a009835, ``fedpaq_luar.py``)
+does this: the aggregate it applies, stores for recycling and scores is
+Q(mean of Q(Δ^i)). Its plain FedPAQ (``fedpaq.py``) does not, so the default
+is off; `FederatedTrainer` turns it on for FedPAQ + LUAR.
+
 Randomness. TFF clients do not know their ids, so the per-client seed is
 derived from what a client has: the factory state holds the run seed and a
 round counter, the server broadcasts ``[seed, round]``, and each client folds
@@ -127,6 +134,26 @@ def quantize(value: tf.Tensor, levels: int, seed: tf.Tensor) -> tf.Tensor:
     return tf.cast(norm * tf.sign(v) * xi / s, value.dtype)
 
 
+def quantize_aggregate(value: Any, levels: int, round_key: tf.Tensor) -> Any:
+    """The server's re-quantization of an aggregate (`QuantizationFactory(requantize=True)`).
+
+    Like `quantize_update`, with the round key folded with -1 first, so that the
+    server's uniforms differ from every client's.
+
+    Args:
+      value: A structure of float tensors (the aggregated update).
+      levels: s, the number of quantization levels.
+      round_key: int64 ``[2]``, ``[seed, round]``.
+
+    Returns:
+      The quantized structure.
+    """
+    server_key = tf.random.experimental.stateless_fold_in(
+        tf.cast(round_key, tf.int64), tf.constant(-1, tf.int64)
+    )
+    return quantize_update(value, levels, server_key)
+
+
 def update_fingerprint(value: Any) -> tf.Tensor:
     """int64 sum of the bit patterns of all values of a structure of float tensors.
 
@@ -200,6 +227,9 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
         same run.
       inner_factory: A `tff.aggregators.WeightedAggregationFactory` for the
         quantized updates; defaults to `tff.aggregators.MeanFactory()`.
+      requantize: Also quantize the inner result at the server, per tensor
+        with s levels (`quantize_aggregate`), as the official FedPAQ + LUAR
+        code does before it applies, stores and scores the aggregate.
 
     Raises:
       TypeError: If `levels` or `seed` is not an int (bools are rejected), or
@@ -226,8 +256,15 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
         *,
         seed: int = 0,
         inner_factory: tff.aggregators.WeightedAggregationFactory | None = None,
+        requantize: bool = False,
     ):
         self._levels = check_int("levels", levels, 1)
+        if not isinstance(requantize, bool | np.bool_):
+            raise TypeError(
+                "Invalid value for argument `requantize`. Expected True or False. "
+                f"Received: requantize={requantize!r}"
+            )
+        self._requantize = bool(requantize)
         self._seed = check_int("seed", seed, -(2**63))
         if self._seed >= 2**63:
             raise ValueError(
@@ -241,6 +278,16 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
     def levels(self) -> int:
         """s, the number of quantization levels."""
         return self._levels
+
+    @property
+    def seed(self) -> int:
+        """The run seed of the stateless RNG."""
+        return self._seed
+
+    @property
+    def requantize(self) -> bool:
+        """Whether the server quantizes the aggregate again."""
+        return self._requantize
 
     @property
     def bits_per_coordinate(self) -> int:
@@ -288,12 +335,15 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
         Returns:
           A `tff.templates.AggregationProcess` whose state is a
           `QuantizationState` and whose measurements are
-          ``OrderedDict(quantization=OrderedDict(levels, bits_per_coordinate), inner=...)``.
+          ``OrderedDict(quantization=OrderedDict(levels, bits_per_coordinate,
+          requantized), inner=...)``.
 
         Raises:
           TypeError: If the types are not as above.
         """
-        value_type, weight_type = check_aggregation_types("QuantizationFactory", value_type, weight_type)
+        value_type, weight_type = check_aggregation_types(
+            "QuantizationFactory", value_type, weight_type
+        )
         inner_process = self._inner_factory.create(value_type, weight_type)
         inner_state_type = inner_process.initialize.type_signature.result.member
         levels = self._levels
@@ -326,16 +376,23 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
         def quantize_client(value, round_key):
             return quantize_update(value, levels, round_key)
 
-        @tff.tensorflow.computation(state_type, inner_state_type)
-        def server_update(state, inner_state):
+        inner_result_type = inner_process.next.type_signature.result.result.member
+        requantize = self._requantize
+
+        @tff.tensorflow.computation(state_type, inner_state_type, inner_result_type)
+        def server_update(state, inner_state, result):
+            if requantize:
+                round_key = tf.stack([state.seed, tf.cast(state.round_num, tf.int64)])
+                result = quantize_aggregate(result, levels, round_key)
             new_state = QuantizationState(
                 round_num=state.round_num + 1, seed=state.seed, inner=inner_state
             )
             measurements = collections.OrderedDict(
                 levels=tf.constant(levels, tf.int32),
                 bits_per_coordinate=tf.constant(bits, tf.int32),
+                requantized=tf.constant(requantize),
             )
-            return new_state, measurements
+            return new_state, result, measurements
 
         @tff.federated_computation(
             tff.FederatedType(state_type, tff.SERVER),
@@ -350,9 +407,9 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
             inner_output = inner_process.next(
                 tff.federated_map(get_inner, state), quantized, weight
             )
-            # Server computation: advance the round counter.
-            new_state, quantization_measurements = tff.federated_map(
-                server_update, (state, inner_output.state)
+            # Server computation: re-quantize (if asked), advance the round counter.
+            new_state, result, quantization_measurements = tff.federated_map(
+                server_update, (state, inner_output.state, inner_output.result)
             )
             # Output preparation.
             measurements = tff.federated_zip(
@@ -361,7 +418,7 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
                 )
             )
             return tff.templates.MeasuredProcessOutput(
-                state=new_state, result=inner_output.result, measurements=measurements
+                state=new_state, result=result, measurements=measurements
             )
 
         return tff.templates.AggregationProcess(init_fn, next_fn)

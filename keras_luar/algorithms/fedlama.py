@@ -57,11 +57,25 @@ variable, its value at its last averaging: a variable on interval φ keeps the
 value of the end of the previous period until the period ends, while the
 clients' own copies have moved on.
 
-**Non-trainable variables** (BatchNorm moving statistics) are never averaged
-(as in the official code): clients start every round from the server's values
-and their locally updated statistics are dropped, so they keep the values of
-the initial (or last `set_model_weights`) model. The official code instead
-evaluates with one client slot's own statistics.
+**Non-trainable variables** (BatchNorm moving statistics). The official code
+never averages them: every process slot keeps one model copy whose statistics
+go on updating as the slot trains client after client, and the model of slot 0
+is evaluated. There are no slots here (a client is simulated where it is
+sampled), so:
+
+* ``bn_statistics="average"`` (the default): the statistics are treated like
+  a variable of interval 1. Clients start every round from the global
+  statistics, and the weighted mean of their statistics after training
+  becomes the global model's.
+* ``bn_statistics="local"``: every client keeps its own statistics in its
+  client state (the counterpart of a slot's copy, kept per client instead of
+  per slot) and starts from them whenever it trains again (from the global
+  ones the first time). The global model carries the weighted mean of the
+  round's clients' statistics after training, so that it always evaluates
+  with statistics that come from training.
+
+The statistics are not counted as uploaded (the official accounting counts
+trainable variables only).
 
 Details taken from the official code (swblaster/FedLAMA, ``solvers/fedlama.py``):
 the unweighted mean over clients, the discrepancy formula with its I_v·τ·numel
@@ -93,6 +107,7 @@ import tensorflow_federated as tff
 
 from keras_luar import layers
 from keras_luar._validation import check_int
+from keras_luar.algorithms.client_work import check_bn_statistics
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
@@ -103,8 +118,14 @@ from keras_luar.algorithms.stateful import (
     StatefulOutput,
     communication_measurements,
 )
+from keras_luar.algorithms.weighting import (
+    ClientWeighting,
+    check_weighting,
+    client_data_type,
+    client_weight,
+    unpack_client_data,
+)
 
-ClientWeighting = Literal["uniform", "example"]
 ModelWeights = tff.learning.models.ModelWeights
 
 
@@ -179,6 +200,7 @@ def build_fedlama(
     aggregation_interval: int = 2,
     fedavg_rounds: int = 8,
     client_weighting: ClientWeighting = "uniform",
+    bn_statistics: Literal["average", "local"] = "average",
     seed: int = 0,
 ) -> StatefulClientProcess:
     """Builds FedLAMA as a `StatefulClientProcess` (see the module docstring).
@@ -200,10 +222,13 @@ def build_fedlama(
         which is FedAvg.
       fedavg_rounds: Rounds of plain FedAvg before the first interval
         adjustment (the official code: 8, rounds 0–7).
-      client_weighting: ``"uniform"`` (the official code's plain mean) or
-        ``"example"`` (weights by the client's number of examples). A client
-        whose trained model is not finite keeps its starting weights and
-        gets weight 0.
+      client_weighting: ``"uniform"`` (the official code's plain mean),
+        ``"example"`` (weights by the client's data set size; the client data
+        is then a `keras_luar.algorithms.weighting.SizedClientData`) or
+        ``"round_examples"`` (the examples trained this round). A client whose
+        trained model is not finite keeps its starting weights and gets
+        weight 0.
+      bn_statistics: ``"average"`` or ``"local"`` (see the module docstring).
       seed: Accepted for a uniform builder interface; FedLAMA draws nothing.
 
     Returns:
@@ -213,7 +238,9 @@ def build_fedlama(
       variable for the coming round; discrepancy: float32 d_v of each
       variable's last averaging; sync_counts: int32 averagings so far). A
       client state is ``OrderedDict(model=<trainable tensors>,
-      round_num=<int32 round it last trained, -1 if never>)``. The metrics are
+      round_num=<int32 round it last trained, -1 if never>)``, plus
+      ``statistics`` (its own non-trainable variables) with
+      ``bn_statistics="local"``. The metrics are
       ``OrderedDict(client_work=OrderedDict(train=...), communication=...,
       fedlama=OrderedDict(intervals=<this round's>, discrepancy=<after it>))``.
 
@@ -237,11 +264,8 @@ def build_fedlama(
     warmup = check_int("fedavg_rounds", fedavg_rounds, 0)
     tau = check_int("local_steps", local_steps, 1)
     check_int("seed", seed, 0)
-    if client_weighting not in ("uniform", "example"):
-        raise ValueError(
-            "Invalid value for argument `client_weighting`. Expected 'uniform' or 'example'. "
-            f"Received: client_weighting={client_weighting!r}"
-        )
+    check_weighting("client_weighting", client_weighting)
+    check_bn_statistics(bn_statistics)
     if not _is_plain_step(server_optimizer):
         raise ValueError(
             "Invalid value for argument `server_optimizer`. FedLAMA sets each averaged "
@@ -256,9 +280,12 @@ def build_fedlama(
             f"Received: client_optimizer of type {type(client_optimizer).__name__}"
         )
 
-    initial_weights, weights_type, data_type, aggregate_metrics = model_types(model_fn)
+    initial_weights, weights_type, batches_type, aggregate_metrics = model_types(model_fn)
+    data_type = client_data_type(batches_type, client_weighting)
     layout = layers.describe_weights_type(weights_type)
     n = len(layout.trainable)
+    stats_specs = [(v.shape, tf.as_dtype(v.dtype)) for v in layout.non_trainable]
+    local_stats = bn_statistics == "local" and bool(stats_specs)
     sizes = np.array([v.size for v in layout.trainable], np.int64)
     nbytes = np.array([v.nbytes for v in layout.trainable], np.int64)
     shapes = [(v.shape, tf.as_dtype(v.dtype)) for v in layout.trainable]
@@ -266,7 +293,6 @@ def build_fedlama(
     hparams = client_optimizer.get_hparams(
         client_optimizer.initialize(tf.TensorSpec([], tf.float32))
     )
-    uniform = client_weighting == "uniform"
 
     @tff.tensorflow.computation()
     def init_state():
@@ -287,10 +313,13 @@ def build_fedlama(
 
     @tff.tensorflow.computation()
     def initial_client_state():
-        return collections.OrderedDict(
+        state = collections.OrderedDict(
             model=[tf.zeros(shape, dtype) for shape, dtype in shapes],
             round_num=tf.constant(-1, tf.int32),
         )
+        if local_stats:
+            state["statistics"] = [tf.zeros(shape, dtype) for shape, dtype in stats_specs]
+        return state
 
     client_state_type = initial_client_state.type_signature.result
 
@@ -313,6 +342,7 @@ def build_fedlama(
     # the weighted values of the variables averaged this round.
     @tff.tensorflow.computation(plan_type, data_type, client_state_type)
     def client_train(plan, data, client_state):
+        batches, data_size = unpack_client_data(data, client_weighting)
         _, train = build_local_training(model_fn, client_optimizer)
         global_trainable = list(plan["weights"].trainable)
         local = list(client_state["model"])
@@ -323,25 +353,40 @@ def build_fedlama(
             tf.where(tf.logical_and(continues, tf.logical_not(s)), x_local, x_global)
             for s, x_local, x_global in zip(synced_last, local, global_trainable, strict=True)
         ]
-        initial = ModelWeights(trainable=start, non_trainable=list(plan["weights"].non_trainable))
-        trained, num_examples, metrics = train(initial, data, plan["hparams"])
-        finite = all_finite(trained.trainable)
+        start_stats = list(plan["weights"].non_trainable)
+        if local_stats:  # the client's own statistics once it has trained
+            trained_before = client_state["round_num"] >= 0
+            start_stats = [
+                tf.where(trained_before, own, s)
+                for own, s in zip(client_state["statistics"], start_stats, strict=True)
+            ]
+        initial = ModelWeights(trainable=start, non_trainable=start_stats)
+        trained, num_examples, metrics = train(initial, batches, plan["hparams"])
+        finite = tf.logical_and(all_finite(trained.trainable), all_finite(trained.non_trainable))
+        stats = [
+            tf.where(finite, s, s0)
+            for s, s0 in zip(trained.non_trainable, start_stats, strict=True)
+        ]
         trained = [tf.where(finite, x, x0) for x, x0 in zip(trained.trainable, start, strict=True)]
-        weight = tf.constant(1.0) if uniform else tf.cast(num_examples, tf.float32)
+        weight = client_weight(client_weighting, num_examples, data_size)
         weight = tf.where(finite, weight, 0.0)
         upload = [
             tf.where(s, weight * x, tf.zeros_like(x)) for s, x in zip(sync, trained, strict=True)
         ]
-        return (
-            collections.OrderedDict(
-                weighted_values=upload,
-                weight=weight,
-                num_clients=tf.constant(1, tf.int32),
-                num_finite=tf.cast(finite, tf.int32),
-            ),
-            collections.OrderedDict(model=trained, weight=weight),
-            metrics,
+        kept = collections.OrderedDict(model=trained, weight=weight)
+        if local_stats:
+            kept["statistics"] = stats
+        sent = collections.OrderedDict(
+            weighted_values=upload,
+            weight=weight,
+            num_clients=tf.constant(1, tf.int32),
+            num_finite=tf.cast(finite, tf.int32),
         )
+        if stats:
+            sent["weighted_statistics"] = [
+                tf.where(finite, weight * s, tf.zeros_like(s)) for s in stats
+            ]
+        return sent, kept, metrics
 
     upload_type, kept_type, _ = client_train.type_signature.result
 
@@ -374,7 +419,10 @@ def build_fedlama(
             ]
         )
         model = [tf.where(s, m, x) for s, m, x in zip(sync, mean, kept["model"], strict=True)]
-        return distances, collections.OrderedDict(model=model, round_num=plan["round_num"])
+        new_state = collections.OrderedDict(model=model, round_num=plan["round_num"])
+        if local_stats:
+            new_state["statistics"] = kept["statistics"]
+        return distances, new_state
 
     distance_type = client_distance.type_signature.result[0]
 
@@ -396,10 +444,16 @@ def build_fedlama(
             adjust, adjusted_intervals(discrepancy, sizes, candidates, phi), intervals
         )
         weights = state["global_model_weights"]
+        # Every round, the global statistics become the clients' weighted mean
+        # after training (both rules; see the module docstring).
+        statistics = list(weights.non_trainable)
+        if statistics:
+            statistics = [
+                tf.where(total > 0, s_sum / tf.maximum(total, 1e-30), s)
+                for s_sum, s in zip(sums["weighted_statistics"], statistics, strict=True)
+            ]
         new_state = collections.OrderedDict(
-            global_model_weights=ModelWeights(
-                trainable=list(mean), non_trainable=list(weights.non_trainable)
-            ),
+            global_model_weights=ModelWeights(trainable=list(mean), non_trainable=statistics),
             client_hparams=state["client_hparams"],
             round_num=t + 1,
             intervals=new_intervals,

@@ -29,17 +29,23 @@ per group, 5 full rounds between cycles; a cycle lasts 3·2 + 5 = 11 rounds):
 
 In a group round, clients train only that group's variables (the others get a
 zero gradient and keep the broadcast values), upload only that group, and the
-server averages it over the sampled clients weighted by their numbers of
-examples. Each client starts from a fresh client optimizer every round, as
-in the official code. The other variables of the global model stay
-bit-for-bit unchanged with the default server optimizer (SGD with learning
-rate 1); a server optimizer with momentum or Adam keeps moving them by its
-own state.
+server averages it over the sampled clients weighted by the sizes of their
+data sets (Fling's ``sample_num``). Each client starts from a fresh client
+optimizer every round, as in the official code. The other variables of the
+global model stay bit-for-bit unchanged with the default server optimizer
+(SGD with learning rate 1); a server optimizer with momentum or Adam keeps
+moving them by its own state.
 
-Non-trainable variables (BatchNorm moving statistics) are never aggregated:
-the global model keeps the server's values. The paper's code keeps them local
-to each client instead; clients here hold no state between rounds, so they
-start every round from the server's statistics.
+Non-trainable variables (BatchNorm moving statistics). The official code
+never aggregates them (``include_non_param=False``): each client keeps its
+own, and the model of ``clients[0]`` is evaluated. ``bn_statistics="average"``
+(the default here) averages them over the round's clients every round, as
+FedAvg and FedLUAR do, so FedPart is compared with them on equal terms.
+``bn_statistics="local"`` is the official rule: every client keeps its
+statistics in its client state and trains on from them; the global model
+carries the weighted mean of the round's clients' statistics, so that it is
+evaluated with statistics from training (see
+`keras_luar.algorithms.local_statistics`).
 
 Deviations from the official code (FLAIR-Community/Fling,
 ``fling/pipeline/partial_model_pipeline.py``), each a fix:
@@ -639,7 +645,9 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
           TypeError: If the types are not as above.
           ValueError: If the schedule's mask does not have one entry per tensor.
         """
-        value_type, weight_type = check_aggregation_types("PartialUpdateFactory", value_type, weight_type)
+        value_type, weight_type = check_aggregation_types(
+            "PartialUpdateFactory", value_type, weight_type
+        )
         specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
         if not all(s.shape.is_fully_defined() for s in specs):
             raise TypeError(
@@ -791,18 +799,18 @@ def build_fedpart(
     full_rounds_between_cycles: int = 5,
     client_weighting: ClientWeighting = "example",
     seed: int = 0,
-    bn_statistics: BnStatistics = "local",
-) -> tff.learning.templates.LearningProcess:
+    bn_statistics: BnStatistics = "average",
+) -> Any:
     """Builds FedPart as a TFF learning process.
 
     Each round follows `FedPartSchedule`: the sampled clients train the
     round's group (or the full network) for `local_steps` steps from the
     global weights with a fresh client optimizer, send only that group, and
-    the server averages it weighted by the clients' numbers of examples
+    the server averages it weighted by the clients' data set sizes
     (`PartialUpdateFactory`) before the server optimizer applies it.
-    BatchNorm moving statistics keep the server's values by default (see the
-    module docstring); ``bn_statistics="average"`` averages them over the
-    clients every round instead (see `build_learning_process`).
+    BatchNorm moving statistics are averaged over the round's clients by
+    default; ``bn_statistics="local"`` keeps them per client (see the module
+    docstring).
 
     Args:
       model_fn: A no-argument callable returning a new
@@ -820,14 +828,19 @@ def build_fedpart(
       rounds_per_group: Consecutive rounds per group in a cycle (paper: 2).
       full_rounds_between_cycles: Full-network rounds after each cycle
         (paper: 5).
-      client_weighting: ``"example"`` (FedPart's weighted average) or
-        ``"uniform"``.
+      client_weighting: ``"example"`` (FedPart's data-size weighted average;
+        each client's data is then a
+        `keras_luar.algorithms.weighting.SizedClientData`), ``"uniform"`` or
+        ``"round_examples"``.
       seed: Accepted for the common builder interface; FedPart draws nothing.
+      bn_statistics: ``"average"`` (default) or ``"local"`` (the official
+        per-client statistics).
 
     Returns:
-      A `tff.learning.templates.LearningProcess`. Its metrics hold
-      ``aggregator.communication`` and ``aggregator.fedpart.group`` (-1 for a
-      full-network round).
+      A `tff.learning.templates.LearningProcess` (with ``"local"`` and a model
+      with non-trainable variables, a `StatefulClientProcess`). Its metrics
+      hold ``aggregator.communication`` and ``aggregator.fedpart.group`` (-1
+      for a full-network round).
 
     Raises:
       TypeError: If an integer argument is not an int.

@@ -50,23 +50,53 @@ Conventions of this implementation (and where it departs from the official code)
   whose update or reconstruction is not finite is dropped from the average
   (weight 0, update zeroed) and keeps its previous state too; its upload is
   still counted as decided (a non-finite error always means a full send).
-* **Weighting.** ``client_weighting="example"`` (the default) weights a
-  client by the number of examples it trained on this round and
-  ``"uniform"`` by 1; the server takes the weighted mean over the
-  participating clients (zero if every weight is zero). The official code
-  multiplies each client's update by n_i/N, with n_i the client's data set
-  size and N the total over *all* clients, and sums over the sampled clients:
-  the same as the example-weighted mean under full participation, a smaller
-  step under partial participation.
+* **Weighting.** ``client_weighting="example"`` (the default) weights
+  client i by n_i, the size of its local data set, and the server takes the
+  weighted mean over the participating clients. The official code multiplies
+  each client's gradient by n_i/N, with N the total over *all* clients, and
+  sums over the sampled clients: the same weighted mean when every client
+  takes part, and a step shrunk by the sampled clients' share of the data
+  otherwise. ``"uniform"`` weights every client by 1.
+* **Server step.** The official server applies the summed gradients with
+  heavy-ball momentum (``model_update`` in ``src/models/model_op.py``; the
+  published scripts use momentum 0.9), after clients that took one gradient
+  step each and no local momentum. Here clients take τ local steps with the
+  client optimizer (as in every method of this package), and the server
+  optimizer receives the weighted mean update: by default SGD with learning
+  rate 1 and no momentum, FedAvg's step. ``server_momentum=m`` gives the
+  official heavy-ball step (SGD with learning rate 1 and momentum m on the
+  mean update); any other server optimizer may be passed instead.
+* **BatchNorm statistics** (``bn_statistics="average"``, the only rule):
+  clients start from the global statistics, and the weighted mean of theirs
+  after training becomes the global model's (the FedLUAR paper's LBGM solver
+  averages them the same way).
 
-`variant="paper"` is the LBGM baseline of the FedLUAR paper (Kim, Kang & Lee,
-2025) as the project's ALGORITHMS.md summarises it (the FedLUAR repository
-holds no LBGM code): one decision for the whole model (ρ and the error
-are computed over all trainable tensors concatenated; a scalar send costs one
-float32 in all), default threshold 0.95, and g_lb ← g in *every* round, a
-scalar send included. A real server could not follow that last step (it never
-sees g after a scalar send); the simulation can, because the client computes
-the reconstruction.
+``variant="paper"`` is the LBGM baseline of the FedLUAR paper (Kim, Kang & Lee,
+2025), as its official solver does it (swblaster/FedLUAR at commit a009835,
+``solvers/LBGM.py``; the file was removed later):
+
+* **State per slot, not per client.** The solver keeps its look-back state in
+  process slots, and each round a slot trains whichever client was sampled
+  into it. So does this variant: the driver passes the state of position k of
+  the round's sampled clients (`StatefulClientProcess.client_states_by` is
+  ``"slot"``). The official code shares ``last_delta`` among the slots of one
+  MPI process (4 with its 8-process, 32-client configuration); here each slot
+  is its own process.
+* **Decision on gradients.** The slot's look-back g_lb is the sum of the raw
+  loss gradients of the *previous* round's local steps, overwritten every
+  round. From its second round a slot computes, over all tensors
+  concatenated, error = 1 − cos²(a, g_lb) and ρ = <a, g_lb> / ||g_lb||² for
+  this round's gradient sum a, and sends the scalar iff error <= threshold
+  (default 0.95).
+* **Reconstruction from the last full send.** A scalar send is reconstructed
+  as ρ times the slot's ``last_delta``, the weight update of its last full
+  send (per tensor); a full send sends the update and replaces
+  ``last_delta``.
+* **Cost.** A scalar send costs one number per tensor (the official count),
+  a full send every parameter.
+* **Weighting and server.** Uniform mean over the round's clients added to
+  the global weights (SGD with learning rate 1, no momentum), statistics
+  averaged: the solver's defaults. Error feedback is not part of it.
 
 References:
   Azam, Hosseinalipour, Qiu, Brinton. "Recycling Model Updates in Federated
@@ -100,11 +130,19 @@ from keras_luar.algorithms.stateful import (
     communication_measurements,
     trainable_sizes,
 )
+from keras_luar.algorithms.weighting import (
+    ClientWeighting,
+    check_weighting,
+    client_data_type,
+    client_weight,
+    unpack_client_data,
+)
 
 ModelWeights = tff.learning.models.ModelWeights
 Variant = Literal["official", "paper"]
 
 DEFAULT_THRESHOLDS = {"official": 0.2, "paper": 0.95}
+DEFAULT_WEIGHTINGS = {"official": "example", "paper": "uniform"}
 BYTES_PER_FLOAT = 4  # every number sent counts as a float32
 
 
@@ -116,8 +154,9 @@ def build_lbgm(
     local_steps: int,
     threshold: float | None = None,
     error_feedback: bool = False,
-    client_weighting: Literal["example", "uniform"] = "example",
+    client_weighting: ClientWeighting | None = None,
     variant: Variant = "official",
+    server_momentum: float = 0.0,
     seed: int = 0,
 ) -> StatefulClientProcess:
     """Builds LBGM as a `StatefulClientProcess` (each client keeps its look-back gradients).
@@ -127,11 +166,14 @@ def build_lbgm(
     their update per trainable tensor, and send either the multiplier ρ or the
     full tensor (see the module docstring). The server averages the
     reconstructed updates and applies `server_optimizer`, as TFF's FedAvg does.
-    Non-trainable variables keep the server's values.
+    BatchNorm statistics are averaged (see the module docstring).
 
-    The client state is ``OrderedDict(look_back=[g_lb per trainable tensor],
-    has_look_back=bool[num_trainable])``, plus ``residual=[r per trainable
-    tensor]`` with error feedback. The server state is
+    The client state of ``"official"`` is ``OrderedDict(look_back=[g_lb per
+    trainable tensor], has_look_back=bool[num_trainable])``, plus
+    ``residual=[r per trainable tensor]`` with error feedback; of
+    ``"paper"`` (one per slot) ``OrderedDict(look_back=[gradient sums],
+    last_delta=[updates of the last full send], has_look_back=bool,
+    has_last_delta=bool)``. The server state is
     ``OrderedDict(global_model_weights, client_hparams, server_optimizer)``.
     The metrics are ``OrderedDict(client_work=OrderedDict(train=...),
     communication=OrderedDict(upload_params, upload_bytes, aggregated),
@@ -149,7 +191,8 @@ def build_lbgm(
         (fresh optimizer state every round). Its hyper-parameters are the
         server state's ``client_hparams``.
       server_optimizer: A `tff.learning.optimizers.Optimizer` applied to the
-        averaged update; None is SGD with learning rate 1.
+        averaged update; None is SGD with learning rate 1 and momentum
+        `server_momentum`.
       local_steps: τ, the number of batches each client trains on per round
         (an int >= 1). The driver feeds that many batches; the process checks
         the value only.
@@ -160,23 +203,29 @@ def build_lbgm(
         practice g = 0 or a bit-for-bit repeat of g_lb); 1 sends every
         tensor as a scalar once a client has its g_lb.
       error_feedback: Whether clients keep the residual of scalar sends and
-        add it to their next update.
-      client_weighting: ``"example"`` (a client's number of examples this
-        round) or ``"uniform"``.
+        add it to their next update (``"official"`` only).
+      client_weighting: See `keras_luar.algorithms.weighting`; None is
+        ``"example"`` (data set size; the client data is then a
+        `SizedClientData`) for ``"official"`` and ``"uniform"`` for
+        ``"paper"``, as their code does.
       variant: ``"official"`` (per-tensor decisions, g_lb changes only on a
-        full send) or ``"paper"`` (the FedLUAR paper's baseline: one decision
-        for the whole model, g_lb ← g every round).
+        full send) or ``"paper"`` (the FedLUAR paper's baseline; see the
+        module docstring).
+      server_momentum: Momentum of the default server SGD (learning rate 1);
+        0.9 is the official LBGM server step. Only without `server_optimizer`.
       seed: Accepted for the common builder signature; LBGM draws no random
         numbers.
 
     Returns:
-      A `keras_luar.algorithms.stateful.StatefulClientProcess`.
+      A `keras_luar.algorithms.stateful.StatefulClientProcess`; for
+      ``"paper"`` its client states are per slot (``client_states_by="slot"``).
 
     Raises:
       TypeError: If `model_fn` is not callable or an optimizer is not a
         `tff.learning.optimizers.Optimizer`.
       ValueError: If `threshold`, `local_steps`, `error_feedback`,
-        `client_weighting`, `variant` or `seed` is invalid.
+        `client_weighting`, `variant`, `server_momentum` or `seed` is invalid,
+        or if a server optimizer and a server momentum are both given.
 
     Examples:
       >>> process = build_lbgm(  # doctest: +SKIP
@@ -191,7 +240,7 @@ def build_lbgm(
       Azam, Hosseinalipour, Qiu, Brinton. "Recycling Model Updates in
       Federated Learning: Are Gradient Subspaces Low-Rank?", ICLR 2022.
     """
-    threshold = _validate(
+    threshold, client_weighting = _validate(
         model_fn,
         client_optimizer,
         server_optimizer,
@@ -200,16 +249,18 @@ def build_lbgm(
         error_feedback,
         client_weighting,
         variant,
+        server_momentum,
         seed,
     )
     if server_optimizer is None:
-        server_optimizer = tff.learning.optimizers.build_sgdm(1.0)
-    whole_model = variant == "paper"
-    uniform = client_weighting == "uniform"
+        server_optimizer = tff.learning.optimizers.build_sgdm(1.0, momentum=server_momentum or None)
+    paper = variant == "paper"
 
-    initial_weights, weights_type, data_type, aggregate_metrics = model_types(model_fn)
+    initial_weights, weights_type, batches_type, aggregate_metrics = model_types(model_fn)
+    data_type = client_data_type(batches_type, client_weighting)
     trainable_types = list(weights_type.trainable)
     num_trainable = len(trainable_types)
+    has_stats = len(weights_type.non_trainable) > 0
     sizes = np.asarray(trainable_sizes(weights_type), np.int64)
     hparams = client_optimizer.get_hparams(
         client_optimizer.initialize(tf.TensorSpec([], tf.float32))
@@ -218,28 +269,39 @@ def build_lbgm(
         server_optimizer, weights_type
     )
 
+    def zeros():
+        return [tf.zeros(t.shape, t.dtype) for t in trainable_types]
+
     @tff.tensorflow.computation()
     def initial_hparams():
         return tf.nest.map_structure(tf.constant, hparams)
 
     @tff.tensorflow.computation()
     def initial_client_state():
-        zeros = [tf.zeros(t.shape, t.dtype) for t in trainable_types]
+        if paper:
+            return collections.OrderedDict(
+                look_back=zeros(),
+                last_delta=zeros(),
+                has_look_back=tf.constant(False),
+                has_last_delta=tf.constant(False),
+            )
         state = collections.OrderedDict(
-            look_back=zeros, has_look_back=tf.zeros([num_trainable], tf.bool)
+            look_back=zeros(), has_look_back=tf.zeros([num_trainable], tf.bool)
         )
         if error_feedback:
-            state["residual"] = [tf.zeros(t.shape, t.dtype) for t in trainable_types]
+            state["residual"] = zeros()
         return state
 
     client_state_type = initial_client_state.type_signature.result
     hparams_type = initial_hparams.type_signature.result
+    decide = _paper_decision if paper else _official_decision
 
     @tff.tensorflow.computation(hparams_type, weights_type, data_type, client_state_type)
     def client_update(client_hparams, global_weights, data, client_state):
         # Step 1: local training and the update g (TFF's sign: initial − trained).
-        _, train = build_local_training(model_fn, client_optimizer)
-        trained, num_examples, metrics = train(global_weights, data, client_hparams)
+        batches, data_size = unpack_client_data(data, client_weighting)
+        _, train = build_local_training(model_fn, client_optimizer, accumulate_gradients=paper)
+        trained, num_examples, metrics, *grad_sum = train(global_weights, batches, client_hparams)
         g = [
             a - b
             for a, b in zip(
@@ -248,56 +310,23 @@ def build_lbgm(
                 strict=True,
             )
         ]
-        look_back = list(client_state["look_back"])
-        has_look_back = client_state["has_look_back"]
-        if error_feedback:
-            g = [gi + ri for gi, ri in zip(g, client_state["residual"], strict=True)]
-
-        # Step 2: projection of g on g_lb and the scalar/full decision.
-        dot = tf.stack([tf.reduce_sum(gi * li) for gi, li in zip(g, look_back, strict=True)])
-        g_sq = tf.stack([tf.reduce_sum(tf.square(gi)) for gi in g])
-        lb_sq = tf.stack([tf.reduce_sum(tf.square(li)) for li in look_back])
-        if whole_model:
-            # One decision for the concatenation of all tensors, shared by each of them.
-            dot, g_sq, lb_sq = (
-                tf.fill([num_trainable], tf.reduce_sum(s)) for s in (dot, g_sq, lb_sq)
-            )
-        rho, error = projection(dot, g_sq, lb_sq)
-        scalar = has_look_back & (error <= threshold) & tf.math.is_finite(error)
-
-        # Step 3: the update the server reconstructs, and whether to keep this client.
-        reconstruction = [
-            tf.where(scalar[i], rho[i] * look_back[i], g[i]) for i in range(num_trainable)
-        ]
+        # Steps 2-3: the scalar/full decision, the reconstruction the server uses,
+        # the client's new state and its upload in numbers.
+        if paper:
+            decision = decide(g, grad_sum[0], client_state, threshold, sizes)
+        else:
+            decision = decide(g, client_state, threshold, sizes, error_feedback)
+        scalar, error, counted, reconstruction, new_state, upload = decision
         finite = tf.logical_and(all_finite(g), all_finite(reconstruction))
-        weight = tf.constant(1.0) if uniform else tf.cast(num_examples, tf.float32)
+        weight = client_weight(client_weighting, num_examples, data_size)
         weight = tf.where(finite, weight, 0.0)
         # Multiplying by the weight alone would leave 0 * NaN = NaN in the sum.
         weighted = [tf.where(finite, weight * r, tf.zeros_like(r)) for r in reconstruction]
-
-        # Step 4: the client's new state (unchanged for a dropped client).
-        if whole_model:
-            new_look_back = g
-        else:
-            new_look_back = [tf.where(scalar[i], look_back[i], g[i]) for i in range(num_trainable)]
-        new_state = collections.OrderedDict(
-            look_back=new_look_back, has_look_back=tf.ones([num_trainable], tf.bool)
-        )
-        if error_feedback:
-            new_state["residual"] = [
-                tf.where(scalar[i], g[i] - reconstruction[i], tf.zeros_like(g[i]))
-                for i in range(num_trainable)
-            ]
+        # Step 4: a dropped client keeps its previous state.
         new_state = tf.nest.map_structure(
             lambda new, old: tf.where(finite, new, old), new_state, client_state
         )
-
-        # Step 5: what this client uploaded, for the accounting.
-        if whole_model:
-            upload = tf.where(scalar[0], tf.constant(1, tf.int64), tf.reduce_sum(sizes))
-        else:
-            upload = tf.reduce_sum(tf.where(scalar, tf.constant(1, tf.int64), sizes))
-        counted = has_look_back & finite
+        counted = counted & finite
         stats = collections.OrderedDict(
             weight=weight,
             upload_params=upload,
@@ -308,6 +337,12 @@ def build_lbgm(
             dropped=tf.cast(tf.logical_not(finite), tf.int32),
             participants=tf.constant(1, tf.int32),
         )
+        if has_stats:  # BatchNorm statistics: the weighted mean becomes the global one
+            kept = tf.logical_and(finite, all_finite(trained.non_trainable))
+            stats["statistics"] = [
+                tf.where(kept, weight * s, tf.zeros_like(s)) for s in trained.non_trainable
+            ]
+            stats["statistics_weight"] = tf.where(kept, weight, 0.0)
         return weighted, new_state, stats, metrics
 
     update_type = weights_type.trainable
@@ -330,6 +365,17 @@ def build_lbgm(
             num_dropped_clients=stats["dropped"],
         )
         return mean_update, communication, lbgm
+
+    @tff.tensorflow.computation(weights_type, stats_type)
+    def adopt_statistics(weights, stats):
+        if not has_stats:
+            return weights
+        total = stats["statistics_weight"]
+        new = [
+            tf.where(total > 0, s / tf.maximum(total, 1e-30), old)
+            for s, old in zip(stats["statistics"], weights.non_trainable, strict=True)
+        ]
+        return ModelWeights(trainable=list(weights.trainable), non_trainable=new)
 
     @tff.federated_computation()
     def initialize():
@@ -366,7 +412,9 @@ def build_lbgm(
         # Output preparation.
         new_state = tff.federated_zip(
             collections.OrderedDict(
-                global_model_weights=applied.result,
+                global_model_weights=tff.federated_map(
+                    adopt_statistics, (applied.result, stats_sum)
+                ),
                 client_hparams=state.client_hparams,
                 server_optimizer=applied.state,
             )
@@ -379,7 +427,72 @@ def build_lbgm(
         )
         return StatefulOutput(state=new_state, client_states=new_client_states, metrics=metrics)
 
-    return StatefulClientProcess(initialize, next_fn, initial_client_state)
+    return StatefulClientProcess(
+        initialize,
+        next_fn,
+        initial_client_state,
+        client_states_by="slot" if paper else "client",
+    )
+
+
+def _official_decision(g, client_state, threshold, sizes, error_feedback):
+    """Per-tensor LBGM (FedOptim's ``lbgm_approximation``) for one client."""
+    num_trainable = len(g)
+    look_back = list(client_state["look_back"])
+    has_look_back = client_state["has_look_back"]
+    if error_feedback:
+        g = [gi + ri for gi, ri in zip(g, client_state["residual"], strict=True)]
+    dot = tf.stack([tf.reduce_sum(gi * li) for gi, li in zip(g, look_back, strict=True)])
+    g_sq = tf.stack([tf.reduce_sum(tf.square(gi)) for gi in g])
+    lb_sq = tf.stack([tf.reduce_sum(tf.square(li)) for li in look_back])
+    rho, error = projection(dot, g_sq, lb_sq)
+    scalar = has_look_back & (error <= threshold) & tf.math.is_finite(error)
+    reconstruction = [
+        tf.where(scalar[i], rho[i] * look_back[i], g[i]) for i in range(num_trainable)
+    ]
+    new_state = collections.OrderedDict(
+        look_back=[tf.where(scalar[i], look_back[i], g[i]) for i in range(num_trainable)],
+        has_look_back=tf.ones([num_trainable], tf.bool),
+    )
+    if error_feedback:
+        new_state["residual"] = [
+            tf.where(scalar[i], g[i] - reconstruction[i], tf.zeros_like(g[i]))
+            for i in range(num_trainable)
+        ]
+    upload = tf.reduce_sum(tf.where(scalar, tf.constant(1, tf.int64), sizes))
+    return scalar, error, has_look_back, reconstruction, new_state, upload
+
+
+def _paper_decision(g, grad_sum, slot_state, threshold, sizes):
+    """The FedLUAR paper's LBGM solver (a009835 ``solvers/LBGM.py``) for one slot."""
+    num_trainable = len(g)
+    look_back = list(slot_state["look_back"])
+    last_delta = list(slot_state["last_delta"])
+    dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(grad_sum, look_back, strict=True)])
+    a_sq = tf.add_n([tf.reduce_sum(tf.square(a)) for a in grad_sum])
+    lb_sq = tf.add_n([tf.reduce_sum(tf.square(b)) for b in look_back])
+    rho, error = projection(dot, a_sq, lb_sq)
+    # A slot decides from its second round on (the solver's round_id > 0), and a
+    # scalar needs a full send to scale (every slot sends in full in its first round).
+    ready = slot_state["has_look_back"] & slot_state["has_last_delta"]
+    decided = ready & (error <= threshold) & tf.math.is_finite(error)
+    reconstruction = [tf.where(decided, rho * d, gi) for d, gi in zip(last_delta, g, strict=True)]
+    new_state = collections.OrderedDict(
+        look_back=list(grad_sum),  # overwritten every round
+        last_delta=[tf.where(decided, d, gi) for d, gi in zip(last_delta, g, strict=True)],
+        has_look_back=tf.constant(True),
+        has_last_delta=tf.constant(True),
+    )
+    upload = tf.where(decided, tf.constant(num_trainable, tf.int64), tf.reduce_sum(sizes))
+    scalar = tf.fill([num_trainable], decided)
+    return (
+        scalar,
+        tf.fill([num_trainable], error),
+        tf.fill([num_trainable], ready),
+        reconstruction,
+        new_state,
+        upload,
+    )
 
 
 def projection(dot: tf.Tensor, g_sq: tf.Tensor, lb_sq: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -432,9 +545,10 @@ def _validate(
     error_feedback,
     client_weighting,
     variant,
+    server_momentum,
     seed,
-) -> float:
-    """Checks the configuration before anything is traced; returns the threshold to use."""
+) -> tuple[float, str]:
+    """Checks the configuration before anything is traced; returns the threshold and weighting."""
     if not callable(model_fn):
         raise TypeError(
             "Invalid value for argument `model_fn`. Expected a callable returning a "
@@ -469,8 +583,27 @@ def _validate(
         raise _invalid("local_steps", "an int >= 1", local_steps)
     if not isinstance(error_feedback, bool | np.bool_):
         raise _invalid("error_feedback", "a bool", error_feedback)
-    if client_weighting not in ("example", "uniform"):
-        raise _invalid("client_weighting", "'example' or 'uniform'", client_weighting)
+    if error_feedback and variant == "paper":
+        raise _invalid(
+            "error_feedback",
+            "False with variant='paper' (the FedLUAR paper's LBGM has no error feedback)",
+            error_feedback,
+        )
+    if client_weighting is None:
+        client_weighting = DEFAULT_WEIGHTINGS[variant]
+    check_weighting("client_weighting", client_weighting)
+    if (
+        isinstance(server_momentum, bool)
+        or not isinstance(server_momentum, numbers.Real)
+        or not 0.0 <= float(server_momentum) < 1.0
+    ):
+        raise _invalid("server_momentum", "a float in [0, 1)", server_momentum)
+    if server_momentum and server_optimizer is not None:
+        raise _invalid(
+            "server_momentum",
+            "0 when a server_optimizer is given (put the momentum in the optimizer)",
+            server_momentum,
+        )
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise _invalid("seed", "an int", seed)
-    return float(threshold)
+    return float(threshold), client_weighting

@@ -39,6 +39,7 @@ def build_local_training(
     optimizer: tff.learning.optimizers.Optimizer,
     *,
     proximal_strength: float = 0.0,
+    accumulate_gradients: bool = False,
 ) -> tuple[tff.learning.models.VariableModel, Callable[..., Any]]:
     """Builds a client's local training function around a fresh model.
 
@@ -51,6 +52,11 @@ def build_local_training(
       optimizer: The client optimizer, a `tff.learning.optimizers.Optimizer`.
         Its state is created fresh for every call of the returned function.
       proximal_strength: μ >= 0 of FedProx's proximal term (0 disables it).
+      accumulate_gradients: Also return the sum over the local steps of the
+        loss gradients (the gradients of the model's loss, regularization
+        losses included, before the proximal term and the mask), one tensor
+        per trainable variable, as a fourth output. The FedLUAR paper's LBGM
+        baseline decides what to send from it.
 
     Returns:
       ``(model, train)`` where ``train(initial_weights, data, hparams=None,
@@ -83,13 +89,16 @@ def build_local_training(
         specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in variables)
 
         def step(state, batch):
-            num_examples, opt_state = state
+            num_examples, opt_state, grad_sum = state
             with tf.GradientTape() as tape:
                 output = model.forward_pass(batch, training=True)
             grads = list(tape.gradient(output.loss, variables))
+            grads = [
+                tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
+            ]
+            if accumulate_gradients:
+                grad_sum = tuple(s + g for s, g in zip(grad_sum, grads, strict=True))
             for i, (g, v) in enumerate(zip(grads, variables, strict=True)):
-                if g is None:
-                    g = tf.zeros_like(v)
                 if mu > 0:
                     g = g + mu * (v - start[i])
                 if trainable_mask is not None:
@@ -102,7 +111,7 @@ def build_local_training(
                 num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
             else:
                 num_examples += tf.cast(output.num_examples, tf.int64)
-            return num_examples, opt_state
+            return num_examples, opt_state, grad_sum
 
         opt_state = optimizer.initialize(specs)
         if hparams is not None:
@@ -111,12 +120,16 @@ def build_local_training(
         # tf.data function, on the CPU and re-instantiated per call, while the loop
         # runs the steps in this function, on the GPU when there is one (TFF's
         # DATASET_ITERATOR loop). The steps and their order are the same.
-        state = (tf.constant(0, tf.int64), opt_state)
+        grad_sum = tuple(tf.zeros_like(v) for v in variables) if accumulate_gradients else ()
+        state = (tf.constant(0, tf.int64), opt_state, grad_sum)
         for batch in iter(data):
             state = step(state, batch)
-        num_examples, _ = state
+        num_examples, _, grad_sum = state
         trained = tf.nest.map_structure(tf.identity, ModelWeights.from_model(model))
-        return trained, num_examples, model.report_local_unfinalized_metrics()
+        metrics = model.report_local_unfinalized_metrics()
+        if accumulate_gradients:
+            return trained, num_examples, metrics, list(grad_sum)
+        return trained, num_examples, metrics
 
     return model, train
 

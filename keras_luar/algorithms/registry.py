@@ -56,9 +56,16 @@ def _check_groups(name: str, value: Any) -> Any:
     return value
 
 
+def _check_optional_bool(name: str, value: Any) -> bool | None:
+    return None if value is None else _check_bool(name, value)
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "proximal_strength": lambda n, v: _check_float(n, v, 0.0),
     "quantization_levels": lambda n, v: check_int(n, v, 1),
+    "requantize_aggregate": _check_optional_bool,
+    "quantize_statistics": _check_bool,
+    "server_momentum": lambda n, v: _check_float(n, v, 0.0, 0.999),
     "aggregation_interval": lambda n, v: check_int(n, v, 1),
     "fedavg_rounds": lambda n, v: check_int(n, v, 0),
     "lbgm_threshold": lambda n, v: None if v is None else _check_float(n, v, 0.0, 1.0),
@@ -80,8 +87,11 @@ class AlgorithmSpec:
       title: Display name, e.g. ``"FedLAMA"``.
       options: Keyword options and their defaults.
       luar: Whether LUAR can be the aggregation step (δ > 0).
-      client_weighting: Default client weighting of the averaged updates.
+      client_weighting: Default client weighting of the averaged updates (see
+        `keras_luar.algorithms.weighting`), the one the method's official code uses.
       reference: The paper the method comes from.
+      bn_statistics: The BatchNorm statistics rules the method supports, its
+        default first (see `keras_luar.algorithms.client_work`).
     """
 
     name: str
@@ -90,6 +100,7 @@ class AlgorithmSpec:
     luar: bool
     client_weighting: str
     reference: str
+    bn_statistics: tuple[str, ...] = ("average",)
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -109,7 +120,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec(
             "fedpaq",
             "FedPAQ",
-            {"quantization_levels": 16},
+            {"quantization_levels": 16, "requantize_aggregate": None, "quantize_statistics": True},
             True,
             "uniform",
             "Reisizadeh et al., AISTATS 2020",
@@ -121,11 +132,17 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             False,
             "uniform",
             "Lee et al., AAAI 2023",
+            ("average", "local"),
         ),
         AlgorithmSpec(
             "lbgm",
             "LBGM",
-            {"lbgm_threshold": None, "error_feedback": False, "lbgm_variant": "official"},
+            {
+                "lbgm_threshold": None,
+                "error_feedback": False,
+                "lbgm_variant": "official",
+                "server_momentum": 0.0,
+            },
             False,
             "example",
             "Azam et al., ICLR 2022",
@@ -142,6 +159,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             False,
             "example",
             "Wang et al., NeurIPS 2024",
+            ("average", "local"),
         ),
     )  # fmt: skip
 }

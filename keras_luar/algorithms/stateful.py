@@ -54,9 +54,15 @@ class StatefulClientProcess:
         (unplaced) state of a client that has never taken part.
       client_period: Clients are re-sampled only every `client_period` rounds
         and the same clients take part in between (FedLAMA's φ; 1 otherwise).
+      client_states_by: ``"client"`` (default): a state belongs to a client
+        id and comes back with that client. ``"slot"``: a state belongs to a
+        position in the round's list of sampled clients, as a process slot of
+        an MPI implementation does, whichever client is sampled there (the
+        FedLUAR paper's LBGM baseline).
 
     Raises:
       TypeError: If a computation is missing or `client_period` is not an int >= 1.
+      ValueError: If `client_states_by` is not ``"client"`` or ``"slot"``.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class StatefulClientProcess:
         initial_client_state: tff.Computation,
         *,
         client_period: int = 1,
+        client_states_by: str = "client",
     ):
         for name, value in (
             ("initialize", initialize),
@@ -86,6 +93,12 @@ class StatefulClientProcess:
                 "Invalid value for argument `client_period`. Expected an int >= 1. "
                 f"Received: client_period={client_period!r}"
             )
+        if client_states_by not in ("client", "slot"):
+            raise ValueError(
+                "Invalid value for argument `client_states_by`. Expected 'client' or 'slot'. "
+                f"Received: client_states_by={client_states_by!r}"
+            )
+        self.client_states_by = client_states_by
         self.initialize = initialize
         self.next = next
         self.initial_client_state = initial_client_state

@@ -156,7 +156,9 @@ def check_client_datasets(
     for cid, ds in datasets.items():
         if checker is None:
             if ds.cardinality() == 0 or not list(ds.take(1)):
-                raise _invalid(f"Expected every client to hold data. Received: client {cid!r} is empty")
+                raise _invalid(
+                    f"Expected every client to hold data. Received: client {cid!r} is empty"
+                )
             continue
         count, low, high, finite = (v.numpy() for v in checker(ds))
         if count == 0:
@@ -171,6 +173,44 @@ def check_client_datasets(
     return batched
 
 
+def client_data_sizes(datasets: Mapping[str, tf.data.Dataset], *, batched: bool) -> dict[str, int]:
+    """The number of examples of every client, n_i (the weight of ``"example"`` weighting).
+
+    Args:
+      datasets: ``{client_id: dataset}`` with ``(x, y)`` elements.
+      batched: Whether the elements are batches (their leading dimension is
+        then counted) or single examples.
+
+    Returns:
+      ``{client_id: n_i}``. An unbatched dataset of known cardinality is not read.
+
+    Examples:
+      >>> import tensorflow as tf
+      >>> ds = tf.data.Dataset.from_tensor_slices(([[0.0]] * 5, [0] * 5))
+      >>> client_data_sizes({"a": ds, "b": ds.take(3)}, batched=False)
+      {'a': 5, 'b': 3}
+      >>> client_data_sizes({"a": ds.batch(2)}, batched=True)  # batches of 2, 2 and 1
+      {'a': 5}
+    """
+    sizes = {}
+    for cid, ds in datasets.items():
+        cardinality = int(ds.cardinality())
+        if not batched and cardinality >= 0:
+            sizes[cid] = cardinality
+            continue
+        if batched:
+            count = ds.reduce(
+                tf.constant(0, tf.int64),
+                lambda n, element: (
+                    n + tf.shape(tf.nest.flatten(element[1])[0], out_type=tf.int64)[0]
+                ),
+            )
+        else:
+            count = ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
+        sizes[cid] = int(count)
+    return sizes
+
+
 def _scanner(sparse: bool):
     @tf.function
     def scan(ds):
@@ -179,7 +219,10 @@ def _scanner(sparse: bool):
             count, low, high, finite = acc
             y64 = tf.cast(tf.reshape(y, [-1]), tf.int64) if sparse else tf.zeros([1], tf.int64)
             x_finite = tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tf.nest.flatten(x)]
+                [
+                    tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32)))
+                    for t in tf.nest.flatten(x)
+                ]
             )
             return (
                 count + 1,
