@@ -251,18 +251,22 @@ def test_learning_rate_scheduler_reaches_the_clients():
 
     history = _fit(trainer, callbacks=[schedule, Snap()])
     assert history.history["lr"] == pytest.approx([0.1, 0.0, 0.0, 0.0])
-    assert any(not np.array_equal(a, b) for a, b in zip(_weights(_model()), snapshots[0], strict=True))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(_weights(_model()), snapshots[0], strict=True)
+    )
     for later in snapshots[1:]:
         for a, b in zip(snapshots[0], later, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("form", ["list", "dict", "federated", "clientdata", "batched"])
+@pytest.mark.parametrize("form", ["list", "dict", "arrays", "federated", "clientdata", "batched"])
 def test_client_data_forms(form):
     x, y, parts = _client_data()
     slices = [(x[p], y[p]) for p in parts]
     if form == "list":
         data = [tf.data.Dataset.from_tensor_slices(s) for s in slices]
+    elif form == "arrays":  # {client: (x, y)}, as model.fit takes arrays
+        data = {f"c{i}": s for i, s in enumerate(slices)}
     elif form == "dict":
         data = {f"c{i}": tf.data.Dataset.from_tensor_slices(s) for i, s in enumerate(slices)}
     elif form == "batched":
@@ -371,7 +375,10 @@ def test_unknown_algorithm_lists_known_ones():
         (tf.keras.optimizers.SGD(0.1, nesterov=True, momentum=0.9), "Nesterov"),
         (tf.keras.optimizers.Adam(amsgrad=True), "AMSGrad"),
         (tf.keras.optimizers.SGD(0.1, clipnorm=1.0), "clipnorm"),
-        (tf.keras.optimizers.SGD(tf.keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)), "schedule"),
+        (
+            tf.keras.optimizers.SGD(tf.keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)),
+            "schedule",
+        ),
         ("sgd", "client_optimizer"),
     ],
 )
@@ -423,7 +430,9 @@ def test_a_model_with_two_inputs_trains_on_tuple_inputs():
     assert history.history["recycled_layers"][0] == []
     # x must carry one tensor per model input.
     with pytest.raises(ValueError, match="Expected x to hold 2 tensor"):
-        _fit_data(_trainer(model), [tf.data.Dataset.from_tensor_slices((x[p], y[p])) for p in parts])
+        _fit_data(
+            _trainer(model), [tf.data.Dataset.from_tensor_slices((x[p], y[p])) for p in parts]
+        )
 
 
 def _fit_data(trainer, data, **kwargs):

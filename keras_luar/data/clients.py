@@ -26,7 +26,8 @@ def as_client_datasets(client_data: Any) -> dict[str, tf.data.Dataset]:
     """Returns ``{client_id: dataset}`` for any supported client-data form.
 
     Args:
-      client_data: See the module docstring.
+      client_data: See the module docstring. A client's data in a list or
+        dict may also be a pair ``(x, y)`` of arrays, as `model.fit` takes it.
 
     Returns:
       An insertion-ordered dict from client id to dataset.
@@ -64,13 +65,24 @@ def as_client_datasets(client_data: Any) -> dict[str, tf.data.Dataset]:
         )
     if not datasets:
         raise _invalid("Expected at least one client. Received: no clients")
-    for cid, ds in datasets.items():
+    for cid, ds in list(datasets.items()):
+        if _is_array_pair(ds):  # a client given as (x, y) arrays, as model.fit takes them
+            datasets[cid] = tf.data.Dataset.from_tensor_slices(tuple(ds))
+            continue
         if not isinstance(ds, tf.data.Dataset):
             raise _invalid(
                 f"Expected a tf.data.Dataset for every client. Received: client {cid!r} "
                 f"holds a {type(ds).__name__}"
             )
     return datasets
+
+
+def _is_array_pair(obj: Any) -> bool:
+    """(x, y) of arrays (x may be a tuple or dict of arrays for several inputs)."""
+    if not (isinstance(obj, tuple) and len(obj) == 2):
+        return False
+    leaves = tf.nest.flatten(obj)
+    return bool(leaves) and all(isinstance(v, np.ndarray) or tf.is_tensor(v) for v in leaves)
 
 
 def _is_client_data(obj: Any) -> bool:
