@@ -361,6 +361,8 @@ class ComparisonResult:
         )
         if self.num_recycled_layers is not None:
             caption += f" LUAR recycles δ = {self.num_recycled_layers} layers per round."
+        if self.setup is not None:
+            caption += f" Model: the digits {self.setup.model.replace('_', ' ').upper()}."
         return "\n".join([*lines, "", caption])
 
     def to_csv(self, path: str | os.PathLike) -> None:

@@ -42,9 +42,52 @@ def digits_cnn(num_classes: int = 10) -> tf.keras.Model:
     )
 
 
+def digits_bn_cnn(num_classes: int = 10) -> tf.keras.Model:
+    """`digits_cnn` with BatchNormalization after each convolution; returns logits.
+
+    The convolutions have no bias (BatchNorm's beta takes its place), as in
+    ResNets, so the model has the same 4 candidate kernels and 4 non-trainable
+    statistics vectors (moving mean and variance of two layers).
+
+    Args:
+      num_classes: Number of output logits.
+
+    Returns:
+      An uncompiled `tf.keras.Sequential` model.
+    """
+    layers = tf.keras.layers
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((8, 8, 1)),
+            layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv1"),
+            layers.BatchNormalization(name="bn1"),
+            layers.ReLU(name="relu1"),
+            layers.Conv2D(32, 3, padding="same", use_bias=False, name="conv2"),
+            layers.BatchNormalization(name="bn2"),
+            layers.ReLU(name="relu2"),
+            layers.MaxPooling2D(2, name="pool"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense1"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+        name="digits_bn_cnn",
+    )
+
+
+# The models of the embedded experiment, by the name `DigitsSetup.model` takes.
+DIGITS_MODELS: dict[str, Callable[[int], tf.keras.Model]] = {
+    "cnn": digits_cnn,
+    "bn_cnn": digits_bn_cnn,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DigitsSetup:
-    """The embedded experiment's settings (defaults: the quickstart)."""
+    """The embedded experiment's settings (defaults: the quickstart).
+
+    ``model`` names one of `DIGITS_MODELS`: ``"cnn"`` (`digits_cnn`) or
+    ``"bn_cnn"`` (`digits_bn_cnn`, with BatchNormalization).
+    """
 
     rounds: int = 30
     num_clients: int = 32
@@ -56,6 +99,7 @@ class DigitsSetup:
     momentum: float = 0.9
     # The paper decays the learning rate ×0.1 at 50% and 75% of the rounds.
     decay_at: tuple[float, ...] = (0.5, 0.75)
+    model: str = "cnn"
 
     @property
     def decay_rounds(self) -> tuple[int, ...]:
@@ -88,8 +132,13 @@ def make_digits_trainer(
     (an algorithm option such as ``proximal_strength``) goes to `FederatedTrainer`
     as it is, which raises `TypeError` for an option it does not know.
     """
+    if setup.model not in DIGITS_MODELS:
+        raise ValueError(
+            f"Invalid value for argument `model`. Expected one of {tuple(DIGITS_MODELS)}. "
+            f"Received: model={setup.model!r}"
+        )
     tf.keras.utils.set_random_seed(seed)
-    model = digits_cnn(num_classes)
+    model = DIGITS_MODELS[setup.model](num_classes)
     server = None if server_learning_rate is None else tf.keras.optimizers.SGD(server_learning_rate)
     return FederatedTrainer(
         model,

@@ -7,6 +7,7 @@ table and the plot are checked against numbers computed by hand or by numpy.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import re
@@ -21,7 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_luar import cli  # noqa: E402
+from keras_luar import cli, describe_model  # noqa: E402
 from keras_luar.compare import (  # noqa: E402
     DEFAULT_METHODS,
     ComparisonResult,
@@ -155,6 +156,30 @@ def test_compare_methods_fails_before_anything_trains(kwargs, error, fragment):
     with pytest.raises(error, match=re.escape(fragment)):
         compare_methods(**kwargs, setup=TINY, on_result=lambda *a: finished.append(a))
     assert finished == []
+
+
+def test_compare_on_the_batchnorm_model():
+    setup = dataclasses.replace(TINY, model="bn_cnn")
+    trainers = []
+    result = compare_methods(
+        ["fedavg", "fedpart"], seeds=[0], setup=setup,
+        on_result=lambda spec, seed, history: trainers.append(spec.algorithm),
+    )  # fmt: skip
+    assert trainers == ["fedavg", "fedpart"]
+    assert "Model: the digits BN CNN." in result.to_markdown()
+    assert result.setup.model == "bn_cnn"
+    with pytest.raises(ValueError, match=r"argument `model`.*'resnet'"):
+        compare_methods(["fedavg"], seeds=[0], setup=dataclasses.replace(TINY, model="resnet"))
+
+
+def test_the_batchnorm_model_has_the_cnns_candidates_and_statistics():
+    from keras_luar.quickstart import digits_bn_cnn, digits_cnn
+
+    bn, plain = describe_model(digits_bn_cnn()), describe_model(digits_cnn())
+    assert bn.candidate_names == plain.candidate_names
+    assert [v.name for v in bn.non_trainable] == [
+        "bn1/moving_mean", "bn1/moving_variance", "bn2/moving_mean", "bn2/moving_variance",
+    ]  # fmt: skip
 
 
 def test_cli_rejects_a_bad_method_before_training(capsys):
