@@ -55,44 +55,130 @@ def restore_keras_v2_classes(model: tf.keras.Model) -> None:
 
 
 def is_subclassed(model: tf.keras.Model) -> bool:
-    return not (isinstance(model, tf.keras.Sequential) or getattr(model, "_is_graph_network", False))
+    return not (
+        isinstance(model, tf.keras.Sequential) or getattr(model, "_is_graph_network", False)
+    )
 
 
 def loss_factory(loss: Any):
+    """A function that returns a fresh copy of `loss`, resolved as `model.compile` does.
+
+    Accepts what Keras 2's `compile` accepts for a single-output model: a
+    `tf.keras.losses.Loss`, a loss name (``"sparse_categorical_crossentropy"``,
+    ``"mse"``), a loss function, or a config dict. A function is wrapped the way
+    Keras wraps it (``LossFunctionWrapper``, named after the function).
+
+    Raises:
+      TypeError: For anything else (the message names the argument).
+    """
+    from keras.src import losses as keras_losses
+    from keras.src.engine.compile_utils import get_custom_object_name
+
     if isinstance(loss, tf.keras.losses.Loss):
         return lambda: type(loss).from_config(loss.get_config())
-    resolved = tf.keras.losses.get(loss) if isinstance(loss, str | dict) else loss
+    try:
+        resolved = tf.keras.losses.get(loss) if isinstance(loss, str | dict) else loss
+    except ValueError as error:
+        raise TypeError(
+            "Invalid value for argument `loss`. Expected a Keras loss: a name, a "
+            f"tf.keras.losses.Loss or a function. Received: loss={loss!r} ({error})"
+        ) from None
     if isinstance(resolved, tf.keras.losses.Loss):
         return lambda: type(resolved).from_config(resolved.get_config())
     if callable(resolved):
-        return lambda: tf.keras.losses.LossFunctionWrapper(resolved)
+        name = loss if isinstance(loss, str) else get_custom_object_name(resolved)
+        return lambda: keras_losses.LossFunctionWrapper(resolved, name=name)
     raise TypeError(
         "Invalid value for argument `loss`. Expected a Keras loss (name, object or "
         f"function). Received: loss={loss!r}"
     )
 
 
-def metric_factories(metrics, loss_name: str) -> list:
+_KERAS_SHORTCUTS = ("accuracy", "acc", "crossentropy", "ce")
+
+
+def check_metrics(metrics: Any) -> list:
+    """Checks `metrics` as `model.compile` would take them; returns them as a flat list.
+
+    Raises:
+      TypeError: For an entry that is not a name, a function or a Keras metric.
+    """
+    if metrics is None:
+        return []
+    if isinstance(metrics, str | tf.keras.metrics.Metric) or callable(metrics):
+        metrics = [metrics]
+    flat = tf.nest.flatten(metrics)
+    for metric in flat:
+        if isinstance(metric, str) and metric.lower() in _KERAS_SHORTCUTS:
+            continue
+        try:
+            resolved = tf.keras.metrics.get(metric) if isinstance(metric, str | dict) else metric
+        except ValueError:
+            resolved = None
+        if not (isinstance(resolved, tf.keras.metrics.Metric) or callable(resolved)):
+            raise TypeError(
+                "Invalid value for argument `metrics`. Expected Keras metric names, "
+                f"functions or objects. Received: {metric!r}"
+            )
+    return flat
+
+
+def metric_factories(metrics: list, label_shape: Any, output_shape: Any) -> list:
+    """Functions returning fresh Keras metric objects, resolved as `model.compile` does.
+
+    ``"accuracy"``/``"acc"`` and ``"crossentropy"``/``"ce"`` become the binary,
+    sparse categorical or categorical variant by the shapes of the labels and the
+    model's output, with Keras 2's own rule: binary if the output's last dimension
+    is 1, sparse if the labels have a lower rank than the output (or a last
+    dimension of 1 against a wider output), categorical otherwise. Functions are
+    wrapped in ``MeanMetricWrapper`` named after them; metric objects are copied.
+
+    Args:
+      metrics: As returned by `check_metrics`.
+      label_shape: The batched shape of the labels, e.g. ``(None,)``.
+      output_shape: The batched shape of the model's output, e.g. ``(None, 10)``.
+
+    Returns:
+      One zero-argument function per metric.
+    """
+    from keras.src.engine.compile_utils import get_custom_object_name
+
+    label_shape = tf.TensorShape(label_shape).as_list()
+    output_shape = tf.TensorShape(output_shape).as_list()
+    is_binary = output_shape[-1] == 1
+    is_sparse = len(label_shape) < len(output_shape) or (
+        label_shape[-1] == 1 and output_shape[-1] != 1
+    )
     factories = []
-    for metric in metrics or []:
-        if isinstance(metric, str) and metric in ("accuracy", "acc"):
-            if "sparse" in loss_name:
-                cls = tf.keras.metrics.SparseCategoricalAccuracy
-            elif "binary" in loss_name:
-                cls = tf.keras.metrics.BinaryAccuracy
+    for metric in metrics:
+        if isinstance(metric, str) and metric.lower() in _KERAS_SHORTCUTS:
+            accuracy = metric.lower() in ("accuracy", "acc")
+            if is_binary:
+                fn = (
+                    tf.keras.metrics.binary_accuracy
+                    if accuracy
+                    else tf.keras.metrics.binary_crossentropy
+                )
+            elif is_sparse:
+                fn = (
+                    tf.keras.metrics.sparse_categorical_accuracy
+                    if accuracy
+                    else tf.keras.metrics.sparse_categorical_crossentropy
+                )
             else:
-                cls = tf.keras.metrics.CategoricalAccuracy
-            factories.append(lambda cls=cls: cls(name="accuracy"))
+                fn = (
+                    tf.keras.metrics.categorical_accuracy
+                    if accuracy
+                    else tf.keras.metrics.categorical_crossentropy
+                )
+            factories.append(lambda f=fn, n=metric: tf.keras.metrics.MeanMetricWrapper(f, name=n))
             continue
         resolved = tf.keras.metrics.get(metric) if isinstance(metric, str | dict) else metric
         if isinstance(resolved, tf.keras.metrics.Metric):
             factories.append(lambda m=resolved: type(m).from_config(m.get_config()))
-        elif callable(resolved):
-            name = metric if isinstance(metric, str) else resolved.__name__
-            factories.append(lambda f=resolved, n=name: tf.keras.metrics.MeanMetricWrapper(f, name=n))
         else:
-            raise TypeError(
-                "Invalid value for argument `metrics`. Expected Keras metric names or "
-                f"objects. Received: {metric!r}"
+            name = metric if isinstance(metric, str) else get_custom_object_name(resolved)
+            factories.append(
+                lambda f=resolved, n=name: tf.keras.metrics.MeanMetricWrapper(f, name=n)
             )
     return factories

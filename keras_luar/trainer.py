@@ -16,6 +16,7 @@ from keras_luar import backends, layers
 from keras_luar._checkpoint import RoundCheckpoint
 from keras_luar._keras_compat import (
     EveryName,
+    check_metrics,
     global_seed,
     is_subclassed,
     loss_factory,
@@ -226,8 +227,7 @@ class FederatedTrainer:
                 client_weighting = DEFAULT_WEIGHTINGS[options["lbgm_variant"]]
         self.client_weighting = check_weighting("client_weighting", client_weighting)
         self._loss_fn = loss_factory(loss)
-        loss_name = getattr(loss, "name", None) or getattr(loss, "__name__", None) or str(loss)
-        self._metric_fns = metric_factories(metrics, str(loss_name).lower())
+        self._metrics = check_metrics(metrics)
         if client_optimizer is None:
             client_optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
         self._client_optimizer = to_tff_optimizer(client_optimizer, "client_optimizer")
@@ -256,7 +256,7 @@ class FederatedTrainer:
         model.compile(
             optimizer=tf.keras.optimizers.SGD(float(lr)),
             loss=self._loss_fn(),
-            metrics=[f() for f in self._metric_fns],
+            metrics=list(self._metrics),  # Keras resolves them for `evaluate`, as in compile
         )
         self.model = model
         # Names recycled in the round that just ended (readable from callbacks).
@@ -321,7 +321,11 @@ class FederatedTrainer:
     # ---- building blocks ---------------------------------------------------------------
 
     def _build_process(self, input_spec):
-        loss_fn, metric_fns, template = self._loss_fn, self._metric_fns, self.model
+        loss_fn, template = self._loss_fn, self.model
+        label_spec = tf.nest.flatten(input_spec[1])[0]
+        metric_fns = metric_factories(
+            self._metrics, label_spec.shape, tf.nest.flatten(template.outputs)[0].shape
+        )
         clone_function = None
         if self.mixed_precision is not None:
             policy, outputs = self.mixed_precision, set(template.output_names)

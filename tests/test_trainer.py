@@ -454,3 +454,62 @@ def test_round_dataset_options_keep_the_batches_and_their_order():
         for (gx, gy), (wx, wy) in zip(got, want, strict=True):
             np.testing.assert_array_equal(gx, wx)
             np.testing.assert_array_equal(gy, wy)
+
+
+# ---- losses and metrics as model.compile takes them ----------------------------------
+
+
+def _softmax_model():
+    tf.keras.utils.set_random_seed(0)
+    return tf.keras.Sequential(
+        [tf.keras.Input((4,)), tf.keras.layers.Dense(6, activation="tanh", name="hidden"),
+         tf.keras.layers.Dense(3, activation="softmax", name="probabilities")]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "loss",
+    ["sparse_categorical_crossentropy", tf.keras.losses.sparse_categorical_crossentropy],
+    ids=["name", "function"],
+)
+def test_losses_by_name_and_function_train_as_the_loss_object(loss):
+    def run(loss):
+        trainer = _trainer(model=_softmax_model(), loss=loss, metrics=["acc"], backend="tensorflow")
+        return _comparable(_fit(trainer))
+
+    assert run(loss) == run(tf.keras.losses.SparseCategoricalCrossentropy())
+
+
+@pytest.mark.parametrize(
+    "labels,outputs,metric",
+    [
+        ("sparse", 3, "accuracy"),
+        ("one_hot", 3, "acc"),
+        ("binary", 1, "accuracy"),
+        ("sparse", 3, "ce"),
+        ("one_hot", 3, "crossentropy"),
+    ],
+)
+def test_metric_shortcuts_resolve_as_keras_compile_does(labels, outputs, metric):
+    from keras_luar._keras_compat import metric_factories
+
+    x = np.zeros((4, 4), np.float32)
+    y = {
+        "sparse": np.zeros(4, np.int32),
+        "one_hot": np.eye(3, dtype=np.float32)[[0, 1, 2, 0]],
+        "binary": np.ones((4, 1), np.float32),
+    }[labels]
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(outputs)])
+    model.compile(loss="mse", metrics=[metric])
+    model.evaluate(x, y, verbose=0)  # Keras resolves its metrics on first use
+    keras_fn = [m for m in model.metrics if m.name == metric][0]._fn
+    (ours,) = metric_factories([metric], (None,) + y.shape[1:], (None, outputs))
+    assert ours()._fn is keras_fn
+    assert ours().name == metric
+
+
+def test_bad_loss_and_metric_are_refused_with_their_argument():
+    with pytest.raises(TypeError, match=r"argument `loss`.*no_such_loss"):
+        _trainer(loss="no_such_loss")
+    with pytest.raises(TypeError, match=r"argument `metrics`.*no_such_metric"):
+        _trainer(metrics=["no_such_metric"])
