@@ -32,30 +32,50 @@ def _positive_float(text: str) -> float:
 
 def _add_common(parser, *, seeds: bool) -> None:
     defaults = DigitsSetup()
-    parser.add_argument("--rounds", type=_positive_int, default=defaults.rounds, help="federated rounds")
-    parser.add_argument("--num-clients", type=_positive_int, default=defaults.num_clients, help="clients in total")
     parser.add_argument(
-        "--clients-per-round", type=_positive_int, default=defaults.clients_per_round,
+        "--rounds", type=_positive_int, default=defaults.rounds, help="federated rounds"
+    )
+    parser.add_argument(
+        "--num-clients", type=_positive_int, default=defaults.num_clients, help="clients in total"
+    )
+    parser.add_argument(
+        "--clients-per-round",
+        type=_positive_int,
+        default=defaults.clients_per_round,
         help="clients sampled per round",
     )
     parser.add_argument(
-        "--num-recycled-layers", "--delta", type=_non_negative_int, default=2,
+        "--num-recycled-layers",
+        "--delta",
+        type=_non_negative_int,
+        default=2,
         help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates)",
     )
     parser.add_argument("--alpha", type=_positive_float, default=defaults.alpha, help="Dirichlet α")
-    parser.add_argument("--local-steps", type=_positive_int, default=defaults.local_steps, help="τ, local steps")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="local batch size")
     parser.add_argument(
-        "--learning-rate", type=_positive_float, default=defaults.learning_rate,
+        "--local-steps", type=_positive_int, default=defaults.local_steps, help="τ, local steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.batch_size, help="local batch size"
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=defaults.learning_rate,
         help="local SGD learning rate (momentum 0.9)",
     )
     if seeds:
         parser.add_argument(
-            "--seeds", type=_non_negative_int, nargs="+", default=[0],
+            "--seeds",
+            type=_non_negative_int,
+            nargs="+",
+            default=[0],
             help="one run per seed; the summary gives mean ± std",
         )
     else:
-        parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything random")
+        parser.add_argument(
+            "--seed", type=_non_negative_int, default=0, help="seed of everything random"
+        )
 
 
 def _setup_from(args) -> DigitsSetup:
@@ -110,7 +130,9 @@ def _quickstart(args: argparse.Namespace) -> int:
         f"FedLUAR δ={args.num_recycled_layers}, seeds {' '.join(map(str, args.seeds))}",
         flush=True,
     )
-    print(f"{'seed':>4}  {'method':<8}{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'upload':>6}  recycled")
+    print(
+        f"{'seed':>4}  {'method':<8}{'round':>5}  {'accuracy':>8}  {'loss':>7}  {'upload':>6}  recycled"
+    )
 
     def on_round(seed, name, round_num, logs, recycled, fraction):
         print(
@@ -127,7 +149,9 @@ def _quickstart(args: argparse.Namespace) -> int:
                     setup,
                     num_recycled_layers=args.num_recycled_layers,
                     seed=seed,
-                    on_round=lambda n, r, logs, rec, frac, s=seed: on_round(s, n, r, logs, rec, frac),
+                    on_round=lambda n, r, logs, rec, frac, s=seed: on_round(
+                        s, n, r, logs, rec, frac
+                    ),
                 )
             )
         except ValueError as error:
@@ -167,24 +191,32 @@ def _add_run(subparsers) -> None:
     )
     parser.add_argument("--algorithm", choices=list(ALGORITHMS), default="fedluar")
     parser.add_argument(
-        "--preset", choices=list(PRESETS), default=None,
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
         help="a paper benchmark (needs its data in --data-dir or $KERAS_LUAR_DATA)",
     )
     parser.add_argument("--data-dir", default=None, help="data cache for --preset")
     _add_common(parser, seeds=False)
     parser.add_argument(
-        "--server-learning-rate", type=_positive_float, default=None,
+        "--server-learning-rate",
+        type=_positive_float,
+        default=None,
         help="server SGD learning rate (default: apply the aggregated update as is)",
     )
     parser.add_argument("--checkpoint-dir", default=None, help="save state every round; resume")
     parser.add_argument(
-        "--backend", choices=("auto", "tff", "tensorflow"), default="auto",
+        "--backend",
+        choices=("auto", "tff", "tensorflow"),
+        default="auto",
         help="where rounds run: TFF's C++ runtime (CPU), in-process TensorFlow (GPU when "
         "present), or auto (tensorflow when TensorFlow sees a GPU)",
     )
     parser.add_argument("--history-csv", default=None, help="write the History as CSV here")
     parser.add_argument("--history-json", default=None, help="write the History as JSON here")
-    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras-style verbosity")
+    parser.add_argument(
+        "--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras-style verbosity"
+    )
     parser.set_defaults(handler=_run)
 
 

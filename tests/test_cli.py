@@ -11,7 +11,9 @@ import pytest
 from keras_luar import cli
 
 SMALL = ["--rounds", "2", "--num-clients", "6", "--clients-per-round", "3", "--local-steps", "2"]
-ROW = re.compile(r"^\s+(\d+)\s+(FedAvg|FedLUAR)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(.+)$", re.M)
+ROW = re.compile(
+    r"^\s+(\d+)\s+(FedAvg|FedLUAR)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(.+)$", re.M
+)
 
 
 def test_quickstart_prints_rounds_and_a_consistent_comparison(capsys):
@@ -49,7 +51,25 @@ def test_run_writes_history_files_and_resumes(tmp_path, capsys):
     assert len(history["comm_cost"]) == 2 and history["comm_cost"][0] == 1.0
     # Same directory, more rounds: resumes after round 2 instead of starting over,
     # here on the in-process backend (a checkpoint of one backend resumes on the other).
-    assert cli.main(["run", *SMALL[2:], "--rounds", "3", "--checkpoint-dir", str(tmp_path / "ck"), "--verbose", "0", "--history-json", str(json_path), "--backend", "tensorflow"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                *SMALL[2:],
+                "--rounds",
+                "3",
+                "--checkpoint-dir",
+                str(tmp_path / "ck"),
+                "--verbose",
+                "0",
+                "--history-json",
+                str(json_path),
+                "--backend",
+                "tensorflow",
+            ]
+        )
+        == 0
+    )
     resumed = json.loads(json_path.read_text())["history"]
     assert resumed["comm_cost"][:2] == history["comm_cost"]
     assert len(resumed["comm_cost"]) == 3

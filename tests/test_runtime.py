@@ -58,7 +58,11 @@ def _quote(script: str) -> str:
 
 @pytest.mark.parametrize(
     "ending",
-    [UNWRAPPED_LUAR, "import os; os._exit(0)", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"],
+    [
+        UNWRAPPED_LUAR,
+        "import os; os._exit(0)",
+        "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+    ],
     ids=["normal-exit", "os-_exit", "sigterm"],
 )
 def test_pipeline_returns_and_no_worker_outlives_the_process(ending):
@@ -90,9 +94,7 @@ def test_stop_workers_stops_our_worker():
         return x + 1
 
     assert add_one(1.0) == 2.0
-    workers = [
-        c for c in psutil.Process(os.getpid()).children() if c.name() == "worker_binary"
-    ]
+    workers = [c for c in psutil.Process(os.getpid()).children() if c.name() == "worker_binary"]
     assert workers, "the computation should have started a worker"
     _runtime.stop_workers()
     for worker in workers:
