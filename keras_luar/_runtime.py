@@ -7,7 +7,7 @@ uncaught signal, `os._exit`, a crashed test worker) leaves that worker running
 with PID 1 as its parent, still holding the parent's stdout open, so a shell
 pipeline such as `python train.py | tail` never returns.
 
-This module makes the worker's lifetime follow ours:
+`install` makes the worker's lifetime follow ours:
 
 * the worker is started with `PR_SET_PDEATHSIG`, so the kernel sends it
   SIGKILL when the thread that started it exits (in TFF 0.87 that is the
@@ -16,7 +16,11 @@ This module makes the worker's lifetime follow ours:
   program has not set its own) stop the workers this process started, and
   only those.
 
-Everything here is idempotent and touches only our own children.
+Nothing happens at import: keras_luar calls `install` where TFF's runtime or
+local workers are first used (the trainer, ``keras_luar.backends``, the
+package's TFF-using names such as ``keras_luar.LuarFactory``). Everything here
+is idempotent, touches only our own children and imports neither TensorFlow
+nor TFF until `install` runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 _WORKER_NAME = "worker_binary"
 _PR_SET_PDEATHSIG = 1
 _installed = False
+_signals_installed = False
 _lock = threading.Lock()
 _started: list[subprocess.Popen] = []
 
@@ -136,6 +141,7 @@ def _stop_stray_children(timeout: float) -> int:
         return 0
     try:
         children = psutil.Process().children(recursive=True)
+        direct = {c.pid for c in psutil.Process().children()}
     except psutil.Error:
         return 0
     workers = []
@@ -150,7 +156,13 @@ def _stop_stray_children(timeout: float) -> int:
             worker.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(workers, timeout=timeout)
+    # Our own children are not reaped (as in `stop_workers`): TFF's ServiceManager
+    # signals and reaps its child itself when it restarts it, and fails on a pid that
+    # is gone. Grandchildren are waited for (psutil polls them; their parent reaps).
+    for worker in workers:
+        if worker.pid in direct:
+            _wait_exited(worker.pid, timeout)
+    psutil.wait_procs([w for w in workers if w.pid not in direct], timeout=timeout)
     return len(workers)
 
 
@@ -174,17 +186,27 @@ def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tes
 
 
 def install() -> None:
-    """Installs the worker lifetime guards. Safe to call more than once."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        _installed = True
-    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+    """Installs the worker lifetime guards. Safe to call more than once.
 
-    executor_factory.subprocess = _SubprocessShim()
-    atexit.register(_at_exit)
-    if threading.current_thread() is threading.main_thread():
+    Called where keras_luar first uses TFF's runtime or starts workers, never at
+    import. Patches the `subprocess` of TFF's executor factory, registers an
+    `atexit` hook and, from the main thread, SIGTERM/SIGHUP handlers where the
+    program has none of its own.
+    """
+    global _installed, _signals_installed
+    with _lock:
+        first = not _installed
+        _installed = True
+        # Signal handlers can only be set from the main thread: a first use from
+        # another thread sets them at the next use from the main thread.
+        signals = not _signals_installed and threading.current_thread() is threading.main_thread()
+        _signals_installed = _signals_installed or signals
+    if first:
+        from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+        executor_factory.subprocess = _SubprocessShim()
+        atexit.register(_at_exit)
+    if signals:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) in (signal.SIG_DFL, None):
                 signal.signal(signum, _on_signal)

@@ -11,9 +11,13 @@ import time
 import psutil
 import pytest
 
+# TFF code that uses keras_luar (as the README's LuarFactory example does) and then
+# runs a TFF computation directly. `import keras_luar` alone installs nothing (see
+# test_import_installs_nothing); using keras_luar's TFF parts sets up the guards.
 RUN_COMPUTATION = """
 import numpy as np, tensorflow_federated as tff
 import keras_luar
+factory = keras_luar.LuarFactory(1)
 @tff.tensorflow.computation(np.float32)
 def add_one(x):
     return x + 1
@@ -101,3 +105,47 @@ def test_stop_workers_stops_our_worker():
         assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
     # TFF restarts its worker on demand after it was stopped.
     assert add_one(2.0) == 3.0
+
+
+IMPORT_ONLY = """
+import atexit, signal, sys
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.environments.tensorflow_backend import graph_optimizations
+from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+def snapshot():
+    return (
+        [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)],
+        atexit._ncallbacks(),
+        executor_factory.subprocess,
+        graph_optimizations.tf_optimizer,
+    )
+
+before = snapshot()
+import keras_luar
+print("unchanged" if snapshot() == before else f"changed: {before} -> {snapshot()}")
+keras_luar.FederatedTrainer  # a part that runs TFF computations: now the guards are set
+after = snapshot()
+print("terminate", after[0][1] is not before[0][1], "hangup", after[0][2] is not before[0][2])
+print("interrupt unchanged", after[0][0] is before[0][0])
+print("patched", type(after[2]).__name__, type(after[3]).__name__)
+"""
+
+
+def test_import_installs_nothing():
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_ONLY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "unchanged"
+    # ... and the first use of a TFF part installs the guards (SIGINT stays Python's).
+    assert lines[1:] == [
+        "terminate True hangup True",
+        "interrupt unchanged True",
+        "patched _SubprocessShim module",
+    ]

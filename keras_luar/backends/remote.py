@@ -625,6 +625,7 @@ class LocalWorkers:
         Raises:
           RuntimeError: When it does not answer within ``ready_timeout``.
         """
+        _runtime.install()
         process = self._processes[index]
         if process is not None and process.poll() is None:
             return
