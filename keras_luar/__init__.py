@@ -85,6 +85,10 @@ def __getattr__(name: str):
         module_name, attribute = f"keras_luar.{name}", None
     else:
         raise AttributeError(f"module 'keras_luar' has no attribute {name!r}")
+    if "tensorflow" not in _sys.modules:
+        from keras_luar import _runtime
+
+        _runtime.import_tensorflow_quietly()
     module = _importlib.import_module(module_name)
     value = module if attribute is None else getattr(module, attribute)
     if name in _USES_TFF:

@@ -147,5 +147,80 @@ def test_import_installs_nothing():
     assert lines[1:] == [
         "terminate True hangup True",
         "interrupt unchanged True",
-        "patched _SubprocessShim module",
+        "patched _SubprocessShim _QuietGrappler",
     ]
+
+
+# ---- quiet by default --------------------------------------------------------------------
+
+# The README's order: TensorFlow first, so its C++ log level is set before keras_luar
+# can choose one. Everything after "imported" must be the program's own output.
+TF_FIRST_FIT = """
+import sys, warnings
+import numpy as np
+import tensorflow as tf
+import keras_luar
+print("imported", file=sys.stderr, flush=True)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(60, 4)).astype("float32")
+y = rng.integers(0, 2, size=60)
+model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(4),
+                             tf.keras.layers.Dense(2)])
+trainer = keras_luar.FederatedTrainer(
+    model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    num_recycled_layers=1, local_steps=2, batch_size=5, seed=0, backend="tff")
+history = trainer.fit((x, y, [list(range(i, 60, 3)) for i in range(3)]), rounds=3,
+                      clients_per_round=2, verbose=0)
+warnings.warn("a real warning")
+print("rounds", len(history.history["loss"]), flush=True)
+"""
+NOISE = (
+    "Starting new session",  # a grappler cluster per computation TFF compiles, ...
+    "Number of eligible GPUs",  # ... which also counts GPUs,
+    "Failed to detect the fetch node",  # and an ERROR for graphs without fetches
+    "session_provider.cc",  # the TFF worker's own start-up lines
+    "ExecutorService started",
+    "cpu_feature_guard",
+)
+
+
+def test_a_fit_prints_no_tensorflow_noise_when_tensorflow_was_imported_first():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", TF_FIRST_FIT], capture_output=True, text=True, timeout=300,
+        env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rounds 3" in result.stdout
+    before, marker, after = result.stderr.partition("imported\n")
+    assert marker, result.stderr
+    # TensorFlow's own import, before keras_luar was imported, logs at level 0 ...
+    assert "cpu_feature_guard" in before
+    # ... and from there on the only output is the program's own: the warning.
+    for noise in NOISE:
+        assert noise not in after, after
+    assert after.splitlines() == ["<string>:17: UserWarning: a real warning"], after
+
+
+def test_quiet_stderr_drops_only_the_known_noise(capfd):
+    from keras_luar import _runtime
+
+    noise = (
+        b"2026-01-01 00:00:00.000001: I tensorflow/core/grappler/clusters/single_machine.cc:361]"
+        b" Starting new session\n"
+    )
+    real = b"2026-01-01 00:00:00.000002: E tensorflow/core/kernels/foo.cc:1] a real error\n"
+    with _runtime.quiet_stderr():
+        os.write(2, noise + real + noise + b"no newline at the end")
+    assert capfd.readouterr().err == real.decode() + "no newline at the end"
+    # TF_CPP_MIN_LOG_LEVEL=0 asks for TensorFlow's info logs: nothing is dropped.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"], level = "0", os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    try:
+        with _runtime.quiet_stderr():
+            os.write(2, noise)
+    finally:
+        if level is None:
+            del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+    assert capfd.readouterr().err == noise.decode()
