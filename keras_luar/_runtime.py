@@ -25,7 +25,8 @@ Nothing happens at import: keras_luar calls `install` where TFF's runtime or
 local workers are first used (the trainer, ``keras_luar.backends``, the
 package's TFF-using names such as ``keras_luar.LuarFactory``). Everything here
 is idempotent, touches only our own children and imports neither TensorFlow
-nor TFF until `install` runs.
+nor TFF until `install` runs, so the command line can use it before TensorFlow
+loads (`worker_binary`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
 import re
 import signal
@@ -49,6 +52,13 @@ _installed = False
 _signals_installed = False
 _lock = threading.Lock()
 _started: list[subprocess.Popen] = []
+
+BIND_WARNING = (
+    "TFF's worker_binary listens on every network interface ([::]:{port}); it has no "
+    "option to bind one address. Its protocol is neither authenticated nor encrypted: "
+    "anyone who can reach this port can run TensorFlow code here. Keep it on a trusted "
+    "network (a firewall, a private network or a network namespace)."
+)
 
 # TensorFlow C++ log lines that say nothing to a keras_luar user (matched anywhere in
 # a line of stderr; everything else passes):
@@ -67,6 +77,31 @@ _NOISE = re.compile(
     )
 )
 _stderr_lock = threading.RLock()
+
+
+def worker_binary() -> str | None:
+    """The path of TFF's ``worker_binary``, found without importing TFF (or None).
+
+    Returns:
+      The file ``tensorflow_federated/data/worker_binary`` of the installed
+      ``tensorflow-federated`` package, or None when there is none.
+    """
+    spec = importlib.util.find_spec("tensorflow_federated")  # locates, does not import
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [
+            os.path.join(p, "data", _WORKER_NAME) for p in spec.submodule_search_locations
+        ]
+    try:
+        for file in importlib.metadata.files("tensorflow-federated") or ():
+            if file.name == _WORKER_NAME and file.parent.name == "data":
+                candidates.append(str(file.locate()))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def _tf_info_logs_requested() -> bool:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from keras_luar.quickstart import DigitsSetup
+# Only TensorFlow-free modules at import: `--help` and argument errors come before
+# TensorFlow loads. Each command imports what it needs when it runs.
+from keras_luar import _cli_defaults as defaults
+from keras_luar import _runtime
 
 
 def _positive_int(text: str) -> int:
@@ -31,17 +35,17 @@ def _positive_float(text: str) -> float:
 
 
 def _add_common(parser, *, seeds: bool) -> None:
-    defaults = DigitsSetup()
+    setup = defaults.DIGITS_SETUP
     parser.add_argument(
-        "--rounds", type=_positive_int, default=defaults.rounds, help="federated rounds"
+        "--rounds", type=_positive_int, default=setup["rounds"], help="federated rounds"
     )
     parser.add_argument(
-        "--num-clients", type=_positive_int, default=defaults.num_clients, help="clients in total"
+        "--num-clients", type=_positive_int, default=setup["num_clients"], help="clients in total"
     )
     parser.add_argument(
         "--clients-per-round",
         type=_positive_int,
-        default=defaults.clients_per_round,
+        default=setup["clients_per_round"],
         help="clients sampled per round",
     )
     parser.add_argument(
@@ -51,17 +55,17 @@ def _add_common(parser, *, seeds: bool) -> None:
         default=2,
         help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates)",
     )
-    parser.add_argument("--alpha", type=_positive_float, default=defaults.alpha, help="Dirichlet α")
+    parser.add_argument("--alpha", type=_positive_float, default=setup["alpha"], help="Dirichlet α")
     parser.add_argument(
-        "--local-steps", type=_positive_int, default=defaults.local_steps, help="τ, local steps"
+        "--local-steps", type=_positive_int, default=setup["local_steps"], help="τ, local steps"
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=defaults.batch_size, help="local batch size"
+        "--batch-size", type=_positive_int, default=setup["batch_size"], help="local batch size"
     )
     parser.add_argument(
         "--learning-rate",
         type=_positive_float,
-        default=defaults.learning_rate,
+        default=setup["learning_rate"],
         help="local SGD learning rate (momentum 0.9)",
     )
     if seeds:
@@ -78,7 +82,9 @@ def _add_common(parser, *, seeds: bool) -> None:
         )
 
 
-def _setup_from(args) -> DigitsSetup:
+def _setup_from(args):
+    from keras_luar.quickstart import DigitsSetup
+
     return DigitsSetup(
         rounds=args.rounds,
         num_clients=args.num_clients,
@@ -118,10 +124,11 @@ def _add_quickstart(subparsers) -> None:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from keras_luar.quickstart import compare_on_digits, summarize
-
     if not _check_clients(args):
         return 2
+    _runtime.import_tensorflow_quietly()
+    from keras_luar.quickstart import compare_on_digits, summarize
+
     setup = _setup_from(args)
     print(
         f"keras-luar quickstart: digits, {setup.num_clients} clients (Dirichlet α={setup.alpha}), "
@@ -173,9 +180,6 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _add_run(subparsers) -> None:
-    from keras_luar.algorithms.registry import ALGORITHMS
-    from keras_luar.presets import PRESETS
-
     parser = subparsers.add_parser(
         "run",
         help="train one method on the embedded digits data or a paper preset; save its History",
@@ -189,10 +193,10 @@ def _add_run(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--algorithm", choices=list(ALGORITHMS), default="fedluar")
+    parser.add_argument("--algorithm", choices=defaults.ALGORITHMS, default="fedluar")
     parser.add_argument(
         "--preset",
-        choices=list(PRESETS),
+        choices=defaults.PRESETS,
         default=None,
         help="a paper benchmark (needs its data in --data-dir or $KERAS_LUAR_DATA)",
     )
@@ -207,7 +211,7 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--checkpoint-dir", default=None, help="save state every round; resume")
     parser.add_argument(
         "--backend",
-        choices=("auto", "tff", "tensorflow"),
+        choices=defaults.BACKENDS,
         default="auto",
         help="where rounds run: TFF's C++ runtime (CPU), in-process TensorFlow (GPU when "
         "present), or auto (tensorflow when TensorFlow sees a GPU)",
@@ -254,8 +258,9 @@ def _run_preset(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from keras_luar.quickstart import digits_data, fit_digits, make_digits_trainer
-
+    if args.preset is None and not _check_clients(args):
+        return 2
+    _runtime.import_tensorflow_quietly()
     if args.preset is not None:
         try:
             history = _run_preset(args)
@@ -265,8 +270,8 @@ def _run(args: argparse.Namespace) -> int:
         if history is None:
             return 2
         return _write_and_report(args, history)
-    if not _check_clients(args):
-        return 2
+    from keras_luar.quickstart import digits_data, fit_digits, make_digits_trainer
+
     setup = _setup_from(args)
     try:
         trainer = make_digits_trainer(
@@ -305,18 +310,27 @@ def _write_and_report(args: argparse.Namespace, history) -> int:
     return 0
 
 
-def _method_spec(text: str):
-    from keras_luar.compare import parse_method_spec
-
-    try:
-        return parse_method_spec(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _method_spec(text: str) -> str:
+    """Checks a --methods value's name and ``+luar`` (its options are checked when it runs)."""
+    head = text.strip().partition(":")[0]
+    name, plus, suffix = (part.strip() for part in head.lower().partition("+"))
+    if name not in defaults.ALGORITHMS:
+        raise argparse.ArgumentTypeError(
+            f"expected name[+luar][:key=value,...] with a name among "
+            f"{', '.join(defaults.ALGORITHMS)}; received {text!r}"
+        )
+    if plus and suffix != "luar":
+        raise argparse.ArgumentTypeError(
+            f"expected nothing or +luar after the method name; received {text!r}"
+        )
+    if plus and name not in defaults.LUAR_COMPATIBLE:
+        raise argparse.ArgumentTypeError(
+            f"expected +luar only on {', '.join(defaults.LUAR_COMPATIBLE)}; received {text!r}"
+        )
+    return text
 
 
 def _add_compare(subparsers) -> None:
-    from keras_luar.compare import DEFAULT_METHODS
-
     parser = subparsers.add_parser(
         "compare",
         help="compare federated methods on the embedded digits data (the paper's Table 1)",
@@ -337,24 +351,29 @@ def _add_compare(subparsers) -> None:
         "--methods",
         type=_method_spec,
         nargs="+",
-        default=list(DEFAULT_METHODS),
+        default=list(defaults.DEFAULT_METHODS),
         metavar="METHOD",
         help="methods to compare, in table order",
     )
     _add_common(parser, seeds=True)
     parser.add_argument("--out", default="compare_results", help="folder for the result files")
-    parser.set_defaults(handler=_compare)
+    parser.set_defaults(handler=_compare, command_parser=parser)
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if not _check_clients(args):
+        return 2
+    _runtime.import_tensorflow_quietly()
     import matplotlib
 
     matplotlib.use("Agg")  # writes compare.png; no display needed or wanted
 
-    from keras_luar.compare import compare_methods
+    from keras_luar.compare import compare_methods, parse_method_spec
 
-    if not _check_clients(args):
-        return 2
+    try:
+        methods = [parse_method_spec(m) for m in args.methods]
+    except ValueError as error:
+        args.command_parser.error(f"argument --methods: {error}")  # exits with status 2
     setup = _setup_from(args)
     print(
         f"keras-luar compare: digits, {setup.num_clients} clients (Dirichlet α={setup.alpha}), "
@@ -373,7 +392,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     try:
         result = compare_methods(
-            args.methods,
+            methods,
             seeds=args.seeds,
             setup=setup,
             num_recycled_layers=args.num_recycled_layers,
@@ -415,22 +434,31 @@ def _add_worker(subparsers) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import os
-
-    from keras_luar.backends.remote import BIND_WARNING, WORKER_BINARY
-
-    print(f"keras-luar worker: WARNING: {BIND_WARNING.format(port=args.port)}", file=sys.stderr)
+    binary = _runtime.worker_binary()
+    if binary is None:
+        print(
+            "keras-luar worker: error: TFF's worker_binary was not found: expected the file "
+            "tensorflow_federated/data/worker_binary of an installed tensorflow-federated "
+            "(install keras-luar with its dependencies, e.g. `uv sync`).",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"keras-luar worker: WARNING: {_runtime.BIND_WARNING.format(port=args.port)}",
+        file=sys.stderr,
+    )
     print(
         f"keras-luar worker: point training at it with workers=['<this host>:{args.port}'].",
         file=sys.stderr,
     )
     sys.stderr.flush()
     sys.stdout.flush()
-    # The launcher becomes the worker: nothing is left behind when it is stopped.
+    # The launcher becomes the worker: nothing is left behind when it is stopped. It
+    # imports neither TensorFlow nor TFF, so the worker listens within a fraction of a second.
     os.execv(
-        WORKER_BINARY,
+        binary,
         [
-            WORKER_BINARY,
+            binary,
             f"--port={args.port}",
             f"--max_concurrent_computation_calls={args.max_concurrent_computation_calls}",
         ],

@@ -1,10 +1,13 @@
-"""The `keras-luar` command line: quickstart and run output, argument errors."""
+"""The `keras-luar` command line: output, argument errors before TensorFlow loads."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -105,3 +108,100 @@ def test_bad_numbers_are_rejected(bad, capsys):
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "quickstart" in capsys.readouterr().out
+
+
+# ---- start-up: no TensorFlow before a command runs -------------------------------------
+
+PARSE_ONLY = """
+import sys
+from keras_luar import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as error:
+    code = error.code
+heavy = [m for m in ("tensorflow", "tensorflow_federated", "jax") if m in sys.modules]
+print("exit", code, "loaded", *heavy, flush=True)
+"""
+
+
+def _parse_only(*argv: str) -> tuple[str, str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PARSE_ONLY, *argv], capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    return result.stdout.strip().splitlines()[-1], result.stderr
+
+
+def _commands() -> list[str]:
+    parser = cli.build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(subparsers.choices)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["--version"]]
+    + [[command, "--help"] for command in ("quickstart", "run", "compare", "worker")],
+)
+def test_help_does_not_import_tensorflow(argv):
+    assert set(_commands()) == {"quickstart", "run", "compare", "worker"}  # every command
+    last, _ = _parse_only(*argv)
+    assert last == "exit 0 loaded"
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "--rounds", "0"], "argument --rounds: expected an int >= 1, received 0"),
+        (["run", "--algorithm", "fedsgd"], "argument --algorithm: invalid choice: 'fedsgd'"),
+        (["run", "--preset", "mnist"], "argument --preset: invalid choice: 'mnist'"),
+        (["quickstart", "--alpha", "-1"], "argument --alpha: expected a number > 0"),
+        (
+            ["quickstart", "--num-clients", "4", "--clients-per-round", "5"],
+            "--clients-per-round (5)",
+        ),
+        (["compare", "--methods", "fedavg", "fedsgd"], "received 'fedsgd'"),
+        (["compare", "--methods", "lbgm+luar"], "+luar only on fedprox, fedopt, fedpaq"),
+        (["worker"], "the following arguments are required: --port"),
+        (["worker", "--port", "70000"], "expected a port in 1..65535, received 70000"),
+    ],
+)
+def test_argument_errors_come_before_tensorflow(argv, fragment):
+    last, err = _parse_only(*argv)
+    assert last == "exit 2 loaded"
+    assert fragment in err
+
+
+def test_cli_defaults_match_their_sources():
+    from keras_luar import _cli_defaults, backends, compare, presets
+    from keras_luar.algorithms import registry
+    from keras_luar.quickstart import DigitsSetup
+
+    assert _cli_defaults.ALGORITHMS == tuple(registry.ALGORITHMS)
+    assert _cli_defaults.LUAR_COMPATIBLE == compare.LUAR_COMPATIBLE
+    assert _cli_defaults.DEFAULT_METHODS == compare.DEFAULT_METHODS
+    assert _cli_defaults.PRESETS == tuple(presets.PRESETS)
+    assert _cli_defaults.BACKENDS == backends.BACKENDS
+    setup = DigitsSetup()
+    assert _cli_defaults.DIGITS_SETUP == {k: getattr(setup, k) for k in _cli_defaults.DIGITS_SETUP}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["fedavg", "FedProx+LUAR:proximal_strength=0.01", "fedsgd", "lbgm+luar", "fedpaq+lora",
+     "fedluar+luar", " fedopt : server_learning_rate=2"],
+)  # fmt: skip
+def test_quick_method_check_agrees_with_compare(spec):
+    from keras_luar.compare import parse_method_spec
+
+    try:
+        parse_method_spec(spec)
+        accepted = True
+    except ValueError:
+        accepted = False
+    try:
+        cli._method_spec(spec)
+        quick = True
+    except argparse.ArgumentTypeError:
+        quick = False
+    assert quick == accepted
