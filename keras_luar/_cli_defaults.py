@@ -6,7 +6,9 @@ what the TensorFlow-side modules define; ``tests/test_cli.py`` checks every one
 against its source, so they cannot drift apart:
 
 * `ALGORITHMS`: ``keras_luar.algorithms.registry.ALGORITHMS`` (names, in order);
-* `LUAR_COMPATIBLE`, `DEFAULT_METHODS`: ``keras_luar.compare``;
+* `LUAR_COMPATIBLE`, `DEFAULT_METHODS`, `SERVER_LEARNING_RATE`:
+  ``keras_luar.compare`` (``LUAR_COMPATIBLE``, ``DEFAULT_METHODS``, FedOpt's
+  ``DEFAULT_OPTIONS``);
 * `PRESETS`: ``keras_luar.presets.PRESETS`` (names, in order);
 * `DIGITS_SETUP`: the defaults of ``keras_luar.quickstart.DigitsSetup``;
 * `BACKENDS`: ``keras_luar.backends.BACKENDS``.
@@ -38,6 +40,8 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "fedopt",
     "fedopt+luar",
 )
+# FedOpt's server SGD learning rate in `keras-luar compare` (the paper's FEMNIST setting).
+SERVER_LEARNING_RATE = 1.2
 PRESETS: tuple[str, ...] = (
     "cifar10_resnet20",
     "cifar100_wrn28",

@@ -206,7 +206,8 @@ def _add_run(subparsers) -> None:
         "--server-learning-rate",
         type=_positive_float,
         default=None,
-        help="server SGD learning rate (default: apply the aggregated update as is)",
+        help="server SGD learning rate (default: apply the aggregated update as is; "
+        "--algorithm fedopt needs one)",
     )
     parser.add_argument("--checkpoint-dir", default=None, help="save state every round; resume")
     parser.add_argument(
@@ -257,7 +258,22 @@ def _run_preset(args: argparse.Namespace):
     )
 
 
+def _check_server_optimizer(args: argparse.Namespace) -> bool:
+    if args.algorithm == "fedopt" and args.server_learning_rate is None:
+        print(
+            "error: --algorithm fedopt needs a server optimizer: pass --server-learning-rate "
+            "(the learning rate of the server's SGD), e.g. --server-learning-rate "
+            f"{defaults.SERVER_LEARNING_RATE} (the paper's FEMNIST setting). Received: no "
+            "--server-learning-rate",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
+    if not _check_server_optimizer(args):
+        return 2
     if args.preset is None and not _check_clients(args):
         return 2
     _runtime.import_tensorflow_quietly()
@@ -340,10 +356,14 @@ def _add_compare(subparsers) -> None:
             "per finished run and a Markdown table of final accuracy (mean ± std over seeds) "
             "and upload relative to FedAvg, and writes compare.md, compare.csv, "
             "histories.json and compare.png (accuracy against cumulative upload) to --out. "
-            "A method is name[+luar][:key=value,...]: one of fedavg, fedluar, fedlama, lbgm, "
-            "fedpart, fedpaq, fedprox, fedopt; +luar adds LUAR (δ = --num-recycled-layers) to "
-            "fedprox, fedopt or fedpaq; options go to FederatedTrainer (server_learning_rate "
-            "sets a server SGD), e.g. fedprox+luar:proximal_strength=0.01."
+            f"A method is name[+luar][:key=value,...]: one of {', '.join(defaults.ALGORITHMS)}; "
+            "+luar adds LUAR (δ = --num-recycled-layers) to "
+            f"{', '.join(defaults.LUAR_COMPATIBLE[:-1])} or {defaults.LUAR_COMPATIBLE[-1]}. "
+            "Options are the method's own and go to FederatedTrainer, e.g. "
+            "fedprox+luar:proximal_strength=0.01, except server_learning_rate=η, which the "
+            "comparison turns into a server SGD optimizer with learning rate η (fedopt "
+            f"gets {defaults.SERVER_LEARNING_RATE} unless given), e.g. "
+            "fedavg:server_learning_rate=1.0."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

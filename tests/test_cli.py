@@ -162,6 +162,7 @@ def test_help_does_not_import_tensorflow(argv):
         ),
         (["compare", "--methods", "fedavg", "fedsgd"], "received 'fedsgd'"),
         (["compare", "--methods", "lbgm+luar"], "+luar only on fedprox, fedopt, fedpaq"),
+        (["run", "--algorithm", "fedopt"], "--algorithm fedopt needs a server optimizer"),
         (["worker"], "the following arguments are required: --port"),
         (["worker", "--port", "70000"], "expected a port in 1..65535, received 70000"),
     ],
@@ -180,6 +181,10 @@ def test_cli_defaults_match_their_sources():
     assert _cli_defaults.ALGORITHMS == tuple(registry.ALGORITHMS)
     assert _cli_defaults.LUAR_COMPATIBLE == compare.LUAR_COMPATIBLE
     assert _cli_defaults.DEFAULT_METHODS == compare.DEFAULT_METHODS
+    assert (
+        _cli_defaults.SERVER_LEARNING_RATE
+        == compare.DEFAULT_OPTIONS["fedopt"]["server_learning_rate"]
+    )
     assert _cli_defaults.PRESETS == tuple(presets.PRESETS)
     assert _cli_defaults.BACKENDS == backends.BACKENDS
     setup = DigitsSetup()
@@ -205,3 +210,21 @@ def test_quick_method_check_agrees_with_compare(spec):
     except argparse.ArgumentTypeError:
         quick = False
     assert quick == accepted
+
+
+# ---- texts that must say what the code does ---------------------------------------------
+
+
+def test_compare_help_says_where_server_learning_rate_goes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "except server_learning_rate=η, which the comparison turns into a server SGD" in text
+    assert "(server_learning_rate sets a server SGD)" not in text  # the old text
+
+
+def test_fedopt_without_server_learning_rate_names_the_option(capsys):
+    assert cli.main(["run", "--algorithm", "fedopt", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "--server-learning-rate" in err and "e.g. --server-learning-rate 1.2" in err
+    assert "tf.keras.optimizers" not in err  # the Python API's advice is not for the CLI
