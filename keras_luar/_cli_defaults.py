@@ -11,7 +11,8 @@ against its source, so they cannot drift apart:
   ``DEFAULT_OPTIONS``);
 * `PRESETS`: ``keras_luar.presets.PRESETS`` (names, in order);
 * `DIGITS_SETUP`: the defaults of ``keras_luar.quickstart.DigitsSetup``;
-* `BACKENDS`: ``keras_luar.backends.BACKENDS``.
+* `BACKENDS`: ``keras_luar.backends.BACKENDS``;
+* `PROGRESS_FILE`: the checkpoint's progress file (``keras_luar._checkpoint``).
 """
 
 from __future__ import annotations
@@ -59,3 +60,5 @@ DIGITS_SETUP: dict[str, int | float] = {
     "learning_rate": 0.05,
 }
 BACKENDS: tuple[str, ...] = ("auto", "tff", "tensorflow")
+# In a --checkpoint-dir: the number of rounds saved, read when a run is interrupted.
+PROGRESS_FILE = "progress.json"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -120,12 +123,13 @@ def _add_quickstart(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_common(parser, seeds=True)
-    parser.set_defaults(handler=_quickstart)
+    parser.set_defaults(handler=_quickstart, on_interrupt=_quickstart_interrupted)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
     if not _check_clients(args):
         return 2
+    args.progress["rounds"] = args.rounds
     _runtime.import_tensorflow_quietly()
     from keras_luar.quickstart import compare_on_digits, summarize
 
@@ -142,6 +146,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     )
 
     def on_round(seed, name, round_num, logs, recycled, fraction):
+        args.progress.update(seed=seed, method=name, rounds_done=round_num + 1)
         print(
             f"{seed:>4}  {name:<8}{round_num + 1:>5}  {logs['val_accuracy']:>8.4f}  "
             f"{logs['loss']:>7.4f}  {fraction:>6.2f}  {', '.join(recycled) or '-'}",
@@ -177,6 +182,21 @@ def _quickstart(args: argparse.Namespace) -> int:
         f"(mean over {len(histories)} seed{'s' if len(histories) > 1 else ''})."
     )
     return 0
+
+
+def _quickstart_interrupted(args: argparse.Namespace) -> str:
+    progress = args.progress
+    if progress.get("rounds_done"):
+        done = (
+            f"after round {progress['rounds_done']} of {progress['rounds']} of "
+            f"{progress['method']} (seed {progress['seed']})"
+        )
+    else:
+        done = "before its first round finished"
+    return (
+        f"keras-luar quickstart: interrupted {done}; the quickstart keeps no checkpoints "
+        "(`keras-luar run --checkpoint-dir DIR` makes a run resumable)."
+    )
 
 
 def _add_run(subparsers) -> None:
@@ -222,7 +242,17 @@ def _add_run(subparsers) -> None:
     parser.add_argument(
         "--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras-style verbosity"
     )
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=_run, on_interrupt=_run_interrupted)
+
+
+def _round_counter(progress: dict):
+    """A Keras callback that records in `progress` how many rounds have finished."""
+    import tensorflow as tf
+
+    def on_epoch_end(epoch, logs=None):
+        progress["rounds_done"] = epoch + 1
+
+    return tf.keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
 
 
 def _run_preset(args: argparse.Namespace):
@@ -246,6 +276,7 @@ def _run_preset(args: argparse.Namespace):
     )
     rounds = args.rounds if "--rounds" in args.given else None
     s = preset.settings
+    args.progress["rounds"] = rounds or s.rounds
     print(
         f"keras-luar run --preset {preset.name}: {len(preset.data.client_ids)} clients, "
         f"{s.clients_per_round} per round, {rounds or s.rounds} rounds, τ={s.local_steps}, "
@@ -254,7 +285,11 @@ def _run_preset(args: argparse.Namespace):
         flush=True,
     )
     return preset.fit(
-        trainer, rounds=rounds, verbose=args.verbose, checkpoint_dir=args.checkpoint_dir
+        trainer,
+        rounds=rounds,
+        verbose=args.verbose,
+        checkpoint_dir=args.checkpoint_dir,
+        callbacks=[_round_counter(args.progress)],
     )
 
 
@@ -276,6 +311,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.preset is None and not _check_clients(args):
         return 2
+    if args.preset is None:
+        args.progress["rounds"] = args.rounds
     _runtime.import_tensorflow_quietly()
     if args.preset is not None:
         try:
@@ -304,11 +341,46 @@ def _run(args: argparse.Namespace) -> int:
             digits_data(setup, args.seed),
             verbose=args.verbose,
             checkpoint_dir=args.checkpoint_dir,
+            callbacks=[_round_counter(args.progress)],
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return _write_and_report(args, history)
+
+
+def _saved_rounds(checkpoint_dir: str) -> int | None:
+    """Rounds held by the checkpoint in `checkpoint_dir`, None if it holds none."""
+    path = os.path.join(checkpoint_dir, defaults.PROGRESS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["rounds_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_interrupted(args: argparse.Namespace) -> str:
+    progress = args.progress
+    of = f" of {progress['rounds']}" if progress.get("rounds") else ""
+    if args.checkpoint_dir is None:
+        done = progress.get("rounds_done", 0)
+        where = f"after round {done}{of}" if done else f"before round 1{of} finished"
+        return (
+            f"keras-luar run: interrupted {where}; this run cannot be resumed: pass "
+            "--checkpoint-dir DIR to make runs resumable."
+        )
+    # The checkpoint, not the last finished round, says where a second run goes on.
+    saved = _saved_rounds(args.checkpoint_dir)
+    command = shlex.join(["keras-luar", *args.argv])
+    if saved:
+        return (
+            f"keras-luar run: interrupted after round {saved}{of}, saved in "
+            f"{args.checkpoint_dir}; resume with: {command}"
+        )
+    return (
+        f"keras-luar run: interrupted before round 1{of} finished (nothing saved in "
+        f"{args.checkpoint_dir} yet); start again with: {command}"
+    )
 
 
 def _write_and_report(args: argparse.Namespace, history) -> int:
@@ -377,7 +449,7 @@ def _add_compare(subparsers) -> None:
     )
     _add_common(parser, seeds=True)
     parser.add_argument("--out", default="compare_results", help="folder for the result files")
-    parser.set_defaults(handler=_compare, command_parser=parser)
+    parser.set_defaults(handler=_compare, on_interrupt=_compare_interrupted, command_parser=parser)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -394,6 +466,7 @@ def _compare(args: argparse.Namespace) -> int:
         methods = [parse_method_spec(m) for m in args.methods]
     except ValueError as error:
         args.command_parser.error(f"argument --methods: {error}")  # exits with status 2
+    args.progress.update(runs=len(methods) * len(args.seeds), finished=[])
     setup = _setup_from(args)
     print(
         f"keras-luar compare: digits, {setup.num_clients} clients (Dirichlet α={setup.alpha}), "
@@ -403,6 +476,7 @@ def _compare(args: argparse.Namespace) -> int:
     )
 
     def on_result(spec, seed, history):
+        args.progress["finished"].append(f"{spec.label}, seed {seed}")
         h = history.history
         print(
             f"seed {seed}  {spec.label:<16} accuracy {h['val_accuracy'][-1]:.4f}  "
@@ -426,6 +500,21 @@ def _compare(args: argparse.Namespace) -> int:
     print(result.to_markdown())
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _compare_interrupted(args: argparse.Namespace) -> str:
+    finished = args.progress.get("finished", [])
+    if finished:
+        done = (
+            f"after {len(finished)} of {args.progress['runs']} runs (the last finished: "
+            f"{finished[-1]})"
+        )
+    else:
+        done = "before its first run finished"
+    return (
+        f"keras-luar compare: interrupted {done}; nothing was written to {args.out}; compare "
+        "keeps no checkpoints (`keras-luar run --checkpoint-dir DIR` makes a run resumable)."
+    )
 
 
 def _port(text: str) -> int:
@@ -504,15 +593,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `keras-luar` console script."""
+    """Entry point of the `keras-luar` console script.
+
+    Ctrl-C (SIGINT) during a command prints one line, saying how far it got and
+    how to resume, and returns 130 (the shell's status for SIGINT) instead of a
+    traceback.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    args.argv = argv
+    args.progress = {}
     if args.command is None:
         parser.print_help()
         return 2
-    return args.handler(args)
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    # A terminal's Ctrl-C also stops TFF's worker (same process group), so what
+    # surfaces may be the error of a call to it rather than KeyboardInterrupt.
+    previous = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        try:
+            previous = signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread
+            previous = None
+    try:
+        return args.handler(args)
+    except BaseException as error:
+        if not (isinstance(error, KeyboardInterrupt) or interrupted):
+            raise
+        on_interrupt = getattr(args, "on_interrupt", None)
+        message = on_interrupt(args) if on_interrupt else f"keras-luar {args.command}: interrupted"
+        print(message, file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,13 @@
-"""The `keras-luar` command line: output, argument errors before TensorFlow loads."""
+"""The `keras-luar` command line: output, argument errors before TensorFlow loads, Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -174,7 +176,7 @@ def test_argument_errors_come_before_tensorflow(argv, fragment):
 
 
 def test_cli_defaults_match_their_sources():
-    from keras_luar import _cli_defaults, backends, compare, presets
+    from keras_luar import _checkpoint, _cli_defaults, backends, compare, presets
     from keras_luar.algorithms import registry
     from keras_luar.quickstart import DigitsSetup
 
@@ -187,6 +189,7 @@ def test_cli_defaults_match_their_sources():
     )
     assert _cli_defaults.PRESETS == tuple(presets.PRESETS)
     assert _cli_defaults.BACKENDS == backends.BACKENDS
+    assert _cli_defaults.PROGRESS_FILE == _checkpoint._PROGRESS
     setup = DigitsSetup()
     assert _cli_defaults.DIGITS_SETUP == {k: getattr(setup, k) for k in _cli_defaults.DIGITS_SETUP}
 
@@ -228,3 +231,80 @@ def test_fedopt_without_server_learning_rate_names_the_option(capsys):
     err = capsys.readouterr().err
     assert "--server-learning-rate" in err and "e.g. --server-learning-rate 1.2" in err
     assert "tf.keras.optimizers" not in err  # the Python API's advice is not for the CLI
+
+
+# ---- Ctrl-C ----------------------------------------------------------------------------
+
+TINY = ["--num-clients", "4", "--clients-per-round", "2", "--local-steps", "1", "--batch-size", "4"]
+
+
+def _interrupt(argv: list[str], after: str, cwd) -> tuple[int, str, str]:
+    """Runs the command line, sends SIGINT to its process group once `after` is printed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_luar.cli", *argv], cwd=cwd, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in process.stdout:  # as a terminal's Ctrl-C: TFF's worker gets it too
+            seen.append(line)
+            if re.search(after, line):
+                os.killpg(process.pid, signal.SIGINT)
+                break
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, "".join(seen) + out, err
+
+
+def test_ctrl_c_in_run_prints_one_line_with_the_resume_command(tmp_path):
+    argv = ["run", "--rounds", "40", *TINY, "--verbose", "2", "--checkpoint-dir", "ck"]
+    code, out, err = _interrupt(argv, r"^Round 2/40", tmp_path)
+    assert code == 130
+    assert "Round 2/40" in out
+    saved = json.loads((tmp_path / "ck" / "progress.json").read_text())["rounds_done"]
+    assert err.splitlines() == [
+        f"keras-luar run: interrupted after round {saved} of 40, saved in ck; resume with: "
+        "keras-luar run --rounds 40 " + " ".join(TINY) + " --verbose 2 --checkpoint-dir ck"
+    ]
+    assert saved >= 2
+
+
+@pytest.mark.parametrize(
+    "argv, after, expected",
+    [
+        (
+            ["quickstart", "--rounds", "40", *TINY],
+            r"^\s+0\s+FedAvg\s+1\s",
+            r"^keras-luar quickstart: interrupted after round \d+ of 40 of FedAvg \(seed 0\); "
+            r"the quickstart keeps no checkpoints \(`keras-luar run --checkpoint-dir DIR` "
+            r"makes a run resumable\)\.$",
+        ),
+        (
+            ["compare", "--methods", "fedavg", "fedluar", "--rounds", "2", "--seeds", "0", "1",
+             *TINY, "--out", "out"],
+            r"^seed 0  FedAvg",
+            r"^keras-luar compare: interrupted after [1-3] of 4 runs \(the last finished: "
+            r"[\w ]+, seed [01]\); nothing was written to out; compare keeps no checkpoints",
+        ),
+    ],
+    ids=["quickstart", "compare"],
+)  # fmt: skip
+def test_ctrl_c_in_quickstart_and_compare_prints_one_line(argv, after, expected, tmp_path):
+    code, _, err = _interrupt(argv, after, tmp_path)
+    assert code == 130
+    assert len(err.splitlines()) == 1 and re.match(expected, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_without_checkpoint_dir_says_how_to_make_runs_resumable():
+    args = cli.build_parser().parse_args(["run"])
+    args.argv, args.progress = ["run"], {"rounds": 30, "rounds_done": 4}
+    assert args.on_interrupt(args) == (
+        "keras-luar run: interrupted after round 4 of 30; this run cannot be resumed: pass "
+        "--checkpoint-dir DIR to make runs resumable."
+    )
+    args.progress = {}  # interrupted before the run said how many rounds it has
+    assert "interrupted before round 1 finished" in args.on_interrupt(args)
