@@ -1,4 +1,4 @@
-"""Process hygiene for TFF's local C++ runtime.
+"""Process hygiene for TFF's local C++ runtime, and TensorFlow's start-up noise.
 
 Importing TensorFlow Federated installs an execution context that, on the first
 computation, starts a `worker_binary` subprocess and only stops it when a
@@ -7,7 +7,7 @@ uncaught signal, `os._exit`, a crashed test worker) leaves that worker running
 with PID 1 as its parent, still holding the parent's stdout open, so a shell
 pipeline such as `python train.py | tail` never returns.
 
-This module makes the worker's lifetime follow ours:
+`install` makes the worker's lifetime follow ours:
 
 * the worker is started with `PR_SET_PDEATHSIG`, so the kernel sends it
   SIGKILL when the thread that started it exits (in TFF 0.87 that is the
@@ -16,25 +16,160 @@ This module makes the worker's lifetime follow ours:
   program has not set its own) stop the workers this process started, and
   only those.
 
-Everything here is idempotent and touches only our own children.
+It also keeps the known noise of TensorFlow's C++ logging out of the output
+(see `quiet_stderr`): the worker gets ``TF_CPP_MIN_LOG_LEVEL=2`` unless the
+environment sets a level, and the grappler lines that TFF's compiler causes in
+this process for every computation are dropped. Warnings and errors pass.
+
+Nothing happens at import: keras_luar calls `install` where TFF's runtime or
+local workers are first used (the trainer, ``keras_luar.backends``, the
+package's TFF-using names such as ``keras_luar.LuarFactory``). Everything here
+is idempotent, touches only our own children and imports neither TensorFlow
+nor TFF until `install` runs, so the command line can use it before TensorFlow
+loads (`worker_binary`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 _WORKER_NAME = "worker_binary"
 _PR_SET_PDEATHSIG = 1
 _installed = False
+_signals_installed = False
 _lock = threading.Lock()
 _started: list[subprocess.Popen] = []
+
+BIND_WARNING = (
+    "TFF's worker_binary listens on every network interface ([::]:{port}); it has no "
+    "option to bind one address. Its protocol is neither authenticated nor encrypted: "
+    "anyone who can reach this port can run TensorFlow code here. Keep it on a trusted "
+    "network (a firewall, a private network or a network namespace)."
+)
+
+# TensorFlow C++ log lines that say nothing to a keras_luar user (matched anywhere in
+# a line of stderr; everything else passes):
+_NOISE = re.compile(
+    rb"|".join(
+        [
+            # TFF's compiler runs Grappler on every computation it compiles, and each
+            # run starts a grappler cluster that logs two INFO lines, ...
+            rb"grappler/clusters/single_machine\.cc:\d+\] Starting new session",
+            rb"grappler/devices\.cc:\d+\] Number of eligible GPUs",
+            # ... and an ERROR line for graphs without fetches, which TFF expects.
+            rb"grappler/grappler_item_builder\.cc:\d+\] Failed to detect the fetch node",
+            # TensorFlow 2.14 registers its CUDA plugins twice at import (a known bug).
+            rb"Unable to register cu(?:DNN|FFT|BLAS) factory: Attempting to register factory",
+        ]
+    )
+)
+_stderr_lock = threading.RLock()
+
+
+def worker_binary() -> str | None:
+    """The path of TFF's ``worker_binary``, found without importing TFF (or None).
+
+    Returns:
+      The file ``tensorflow_federated/data/worker_binary`` of the installed
+      ``tensorflow-federated`` package, or None when there is none.
+    """
+    spec = importlib.util.find_spec("tensorflow_federated")  # locates, does not import
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [
+            os.path.join(p, "data", _WORKER_NAME) for p in spec.submodule_search_locations
+        ]
+    try:
+        for file in importlib.metadata.files("tensorflow-federated") or ():
+            if file.name == _WORKER_NAME and file.parent.name == "data":
+                candidates.append(str(file.locate()))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _tf_info_logs_requested() -> bool:
+    """Whether the user asked for TensorFlow's C++ info logs (``TF_CPP_MIN_LOG_LEVEL=0``)."""
+    return os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Drops TensorFlow's known noise lines from what is written to stderr inside.
+
+    File descriptor 2 points at a temporary file for the duration (C++ logging
+    writes there, not to `sys.stderr`); at the end, every line that is not
+    known noise is written to the real stderr, in order. Other threads' output
+    of that moment is delayed, not lost. Does nothing when the user asked for
+    TensorFlow's info logs (``TF_CPP_MIN_LOG_LEVEL=0``) or stderr has no file
+    descriptor.
+
+    Yields:
+      Nothing.
+    """
+    if _tf_info_logs_requested():
+        yield
+        return
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        capture = tempfile.TemporaryFile()
+        try:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                capture.seek(0)
+                kept = b"".join(
+                    line
+                    for line in capture.read().splitlines(keepends=True)
+                    if not _NOISE.search(line)
+                )
+                _write_all(2, kept)
+        finally:
+            os.close(saved)
+            capture.close()
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow (if not yet imported) without its known start-up noise."""
+    if "tensorflow" in sys.modules:
+        return
+    with quiet_stderr():
+        import tensorflow  # noqa: F401
 
 
 def _set_parent_death_signal() -> None:  # runs in the child, between fork and exec
@@ -62,6 +197,10 @@ class _WorkerPopen(subprocess.Popen):
         is_worker = bool(args) and os.path.basename(str(args[0])) == _WORKER_NAME
         if is_worker and sys.platform.startswith("linux") and "preexec_fn" not in kwargs:
             kwargs["preexec_fn"] = _set_parent_death_signal
+        if is_worker and kwargs.get("env") is None and len(pargs) < 10:  # env: 10th after args
+            # The worker reads its C++ log level when it starts: without one in the
+            # environment it prints a dozen info lines (devices, port, CPU features).
+            kwargs["env"] = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
         if is_worker:
             # TFF hands over sys.stdout/sys.stderr; when those were replaced by objects
             # without a file descriptor (pytest's capsys, some notebook front-ends),
@@ -81,6 +220,20 @@ class _SubprocessShim:
 
     def __getattr__(self, name):
         return getattr(subprocess, name)
+
+
+class _QuietGrappler:
+    """Stands in for TensorFlow's `tf_optimizer` module inside TFF's graph optimizations."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def OptimizeGraph(self, *args, **kwargs):  # noqa: N802 - TensorFlow's name
+        with quiet_stderr():
+            return self._module.OptimizeGraph(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
 
 
 def _wait_exited(pid: int, timeout: float) -> bool:
@@ -136,6 +289,7 @@ def _stop_stray_children(timeout: float) -> int:
         return 0
     try:
         children = psutil.Process().children(recursive=True)
+        direct = {c.pid for c in psutil.Process().children()}
     except psutil.Error:
         return 0
     workers = []
@@ -150,7 +304,13 @@ def _stop_stray_children(timeout: float) -> int:
             worker.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(workers, timeout=timeout)
+    # Our own children are not reaped (as in `stop_workers`): TFF's ServiceManager
+    # signals and reaps its child itself when it restarts it, and fails on a pid that
+    # is gone. Grandchildren are waited for (psutil polls them; their parent reaps).
+    for worker in workers:
+        if worker.pid in direct:
+            _wait_exited(worker.pid, timeout)
+    psutil.wait_procs([w for w in workers if w.pid not in direct], timeout=timeout)
     return len(workers)
 
 
@@ -174,17 +334,33 @@ def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tes
 
 
 def install() -> None:
-    """Installs the worker lifetime guards. Safe to call more than once."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        _installed = True
-    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+    """Installs the worker lifetime guards and the log filter. Safe to call more than once.
 
-    executor_factory.subprocess = _SubprocessShim()
-    atexit.register(_at_exit)
-    if threading.current_thread() is threading.main_thread():
+    Called where keras_luar first uses TFF's runtime or starts workers, never at
+    import. Patches two module attributes inside TFF (the `subprocess` of its
+    executor factory, the `tf_optimizer` of its graph optimizations), registers
+    an `atexit` hook and, from the main thread, SIGTERM/SIGHUP handlers where
+    the program has none of its own.
+    """
+    global _installed, _signals_installed
+    with _lock:
+        first = not _installed
+        _installed = True
+        # Signal handlers can only be set from the main thread: a first use from
+        # another thread sets them at the next use from the main thread.
+        signals = not _signals_installed and threading.current_thread() is threading.main_thread()
+        _signals_installed = _signals_installed or signals
+    if first:
+        from tensorflow_federated.python.core.environments.tensorflow_backend import (
+            graph_optimizations,
+        )
+        from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+        executor_factory.subprocess = _SubprocessShim()
+        if not isinstance(graph_optimizations.tf_optimizer, _QuietGrappler):
+            graph_optimizations.tf_optimizer = _QuietGrappler(graph_optimizations.tf_optimizer)
+        atexit.register(_at_exit)
+    if signals:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) in (signal.SIG_DFL, None):
                 signal.signal(signum, _on_signal)

@@ -229,6 +229,38 @@ def test_worker_command_warns_and_listens_on_every_interface():
     _assert_gone([process.pid])
 
 
+# `keras-luar worker` with exec replaced by a print: what it would run, and what it loaded.
+LAUNCH_ONLY = """
+import os, sys
+from keras_luar import cli
+
+def execv(path, argv):
+    loaded = [m for m in ("tensorflow", "tensorflow_federated") if m in sys.modules]
+    print("exec", path, *argv[1:], "loaded", *loaded, flush=True)
+    sys.exit(0)
+
+os.execv = execv
+cli.main(["worker", "--port", "8123", "--max-concurrent-computation-calls", "2"])
+"""
+
+
+def test_worker_command_finds_the_binary_without_importing_tensorflow():
+    result = subprocess.run(
+        [sys.executable, "-c", LAUNCH_ONLY], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # The file TFF's own executor factory starts (found here by importing TFF).
+    import tensorflow_federated as tff
+
+    binary = os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
+    assert os.path.realpath(remote.WORKER_BINARY) == os.path.realpath(binary)
+    words = result.stdout.split()
+    assert words[0] == "exec" and os.path.realpath(words[1]) == os.path.realpath(binary)
+    assert words[2:] == ["--port=8123", "--max_concurrent_computation_calls=2", "loaded"]
+    assert "listens on every network interface" in result.stderr
+
+
 def test_local_workers_validate_and_stop_at_exit(tmp_path):
     with pytest.raises(ValueError, match="Invalid value for argument `count`"):
         backends.LocalWorkers(0)

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar import _runtime
 from keras_luar.backends.in_process import BlockFunction, InProcessContext
 from keras_luar.backends.remote import (
     LocalWorkers,
@@ -69,6 +70,7 @@ def resolve_backend(backend: str) -> str:
     Raises:
       ValueError: For any other value.
     """
+    _runtime.install()  # a backend is chosen: TFF's runtime is about to be used
     if backend not in BACKENDS:
         raise ValueError(
             f"Invalid value for argument `backend`. Expected one of {BACKENDS}. "
@@ -91,6 +93,7 @@ def execution(backend: str, context: InProcessContext | None = None) -> Iterator
     Yields:
       Nothing; TFF's default context is back in place afterwards.
     """
+    _runtime.install()
     if backend == "tff":
         yield
         return

@@ -59,13 +59,12 @@ from keras_luar.backends.in_process import BlockFunction, InProcessContext
 Struct = tff.structure.Struct
 logger = logging.getLogger("keras_luar")
 
-WORKER_BINARY = os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
-BIND_WARNING = (
-    "TFF's worker_binary listens on every network interface ([::]:{port}); it has no "
-    "option to bind one address. Its protocol is neither authenticated nor encrypted: "
-    "anyone who can reach this port can run TensorFlow code here. Keep it on a trusted "
-    "network (a firewall, a private network or a network namespace)."
+# Where TFF keeps its worker, and what to say about its network exposure; both come
+# from `_runtime`, which the command line reads without importing TensorFlow.
+WORKER_BINARY = _runtime.worker_binary() or os.path.join(
+    os.path.dirname(tff.__file__), "data", "worker_binary"
 )
+BIND_WARNING = _runtime.BIND_WARNING
 
 _MAX_MESSAGE = 2 * 1000 * 1000 * 1000
 _CHANNEL_OPTIONS = [
@@ -625,6 +624,7 @@ class LocalWorkers:
         Raises:
           RuntimeError: When it does not answer within ``ready_timeout``.
         """
+        _runtime.install()
         process = self._processes[index]
         if process is not None and process.poll() is None:
             return

@@ -1,0 +1,64 @@
+"""What the `keras-luar` command needs before TensorFlow loads: names and defaults.
+
+The command line parses its arguments, prints ``--help`` and rejects bad values
+without importing TensorFlow (which takes seconds). These values are copies of
+what the TensorFlow-side modules define; ``tests/test_cli.py`` checks every one
+against its source, so they cannot drift apart:
+
+* `ALGORITHMS`: ``keras_luar.algorithms.registry.ALGORITHMS`` (names, in order);
+* `LUAR_COMPATIBLE`, `DEFAULT_METHODS`, `SERVER_LEARNING_RATE`:
+  ``keras_luar.compare`` (``LUAR_COMPATIBLE``, ``DEFAULT_METHODS``, FedOpt's
+  ``DEFAULT_OPTIONS``);
+* `PRESETS`: ``keras_luar.presets.PRESETS`` (names, in order);
+* `DIGITS_SETUP`: the defaults of ``keras_luar.quickstart.DigitsSetup``;
+* `BACKENDS`: ``keras_luar.backends.BACKENDS``;
+* `PROGRESS_FILE`: the checkpoint's progress file (``keras_luar._checkpoint``).
+"""
+
+from __future__ import annotations
+
+ALGORITHMS: tuple[str, ...] = (
+    "fedavg",
+    "fedluar",
+    "fedprox",
+    "fedopt",
+    "fedpaq",
+    "fedlama",
+    "lbgm",
+    "fedpart",
+)
+LUAR_COMPATIBLE: tuple[str, ...] = ("fedprox", "fedopt", "fedpaq")
+DEFAULT_METHODS: tuple[str, ...] = (
+    "fedavg",
+    "fedluar",
+    "fedlama",
+    "lbgm",
+    "fedpart",
+    "fedpaq",
+    "fedpaq+luar",
+    "fedprox",
+    "fedprox+luar",
+    "fedopt",
+    "fedopt+luar",
+)
+# FedOpt's server SGD learning rate in `keras-luar compare` (the paper's FEMNIST setting).
+SERVER_LEARNING_RATE = 1.2
+PRESETS: tuple[str, ...] = (
+    "cifar10_resnet20",
+    "cifar100_wrn28",
+    "femnist_cnn",
+    "agnews_text",
+    "shakespeare",
+)
+DIGITS_SETUP: dict[str, int | float] = {
+    "rounds": 30,
+    "num_clients": 32,
+    "clients_per_round": 8,
+    "alpha": 0.5,
+    "local_steps": 20,
+    "batch_size": 20,
+    "learning_rate": 0.05,
+}
+BACKENDS: tuple[str, ...] = ("auto", "tff", "tensorflow")
+# In a --checkpoint-dir: the number of rounds saved, read when a run is interrupted.
+PROGRESS_FILE = "progress.json"
