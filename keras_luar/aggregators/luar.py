@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar import layers, scoring
+from keras_luar import _runtime, layers, scoring
 from keras_luar._validation import (
     check_aggregation_types,
     check_int,
@@ -173,6 +173,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
           ValueError: If the value type has no candidate or δ >= L.
         """
         value_type, weight_type = check_aggregation_types("LuarFactory", value_type, weight_type)
+        _runtime.install()  # TFF computations follow: guard its worker processes
         layout = layers.describe_weights_type(value_type, names=self._variable_names)
         if layout.num_candidates == 0:
             raise ValueError(

@@ -60,6 +60,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar import _runtime
 from keras_luar._validation import (
     check_aggregation_types,
     check_int,
@@ -344,6 +345,7 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
         value_type, weight_type = check_aggregation_types(
             "QuantizationFactory", value_type, weight_type
         )
+        _runtime.install()  # TFF computations follow: guard its worker processes
         inner_process = self._inner_factory.create(value_type, weight_type)
         inner_state_type = inner_process.initialize.type_signature.result.member
         levels = self._levels

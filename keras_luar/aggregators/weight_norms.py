@@ -18,7 +18,7 @@ import collections
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar import layers, scoring
+from keras_luar import _runtime, layers, scoring
 from keras_luar.aggregators.luar import LuarState
 
 
@@ -71,6 +71,7 @@ def with_global_weight_norms(
       ...     model_aggregator=keras_luar.LuarFactory(2))
       >>> process = keras_luar.with_global_weight_norms(process)  # doctest: +SKIP
     """
+    _runtime.install()  # TFF computations follow: guard its worker processes
     if not isinstance(process, tff.learning.templates.LearningProcess):
         raise TypeError(
             "Invalid value for argument `process`. Expected a "

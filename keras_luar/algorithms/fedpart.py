@@ -78,6 +78,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar import _runtime
 from keras_luar._validation import (
     check_aggregation_types,
     check_int,
@@ -648,6 +649,7 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
         value_type, weight_type = check_aggregation_types(
             "PartialUpdateFactory", value_type, weight_type
         )
+        _runtime.install()  # TFF computations follow: guard its worker processes
         specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
         if not all(s.shape.is_fully_defined() for s in specs):
             raise TypeError(

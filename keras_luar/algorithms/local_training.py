@@ -155,7 +155,14 @@ class ModelTypes(NamedTuple):
 
 
 def model_types(model_fn: Callable[[], tff.learning.models.VariableModel]) -> ModelTypes:
-    """Probes `model_fn` once (in a throw-away graph) for the types a process needs."""
+    """Probes `model_fn` once (in a throw-away graph) for the types a process needs.
+
+    Every process builder of the package calls it first, so it also sets up the
+    guards that stop TFF's worker processes with this one (`keras_luar._runtime`).
+    """
+    from keras_luar import _runtime
+
+    _runtime.install()
     with tf.Graph().as_default():
         probe = model_fn()
         aggregate_metrics = metrics_aggregator(probe)

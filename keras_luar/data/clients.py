@@ -172,7 +172,7 @@ def check_client_datasets(
                     f"Expected every client to hold data. Received: client {cid!r} is empty"
                 )
             continue
-        count, low, high, finite = (v.numpy() for v in checker(ds))
+        count, low, high, finite = (v.numpy() for v in checker(ds.with_options(_SCAN_OPTIONS)))
         if count == 0:
             raise _invalid(f"Expected every client to hold data. Received: client {cid!r} is empty")
         if not finite:
@@ -221,6 +221,18 @@ def client_data_sizes(datasets: Mapping[str, tf.data.Dataset], *, batched: bool)
             count = ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)
         sizes[cid] = int(count)
     return sizes
+
+
+def _scan_options() -> tf.data.Options:
+    # One pass over each client: tf.data's autotuning cannot pay off, and its
+    # optimization thread logs "Optimization loop failed: CANCELLED" when the pass ends.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.apply_default_optimizations = False
+    return options
+
+
+_SCAN_OPTIONS = _scan_options()
 
 
 def _scanner(sparse: bool):
