@@ -5,29 +5,21 @@ without importing TensorFlow (which takes seconds). These values are copies of
 what the TensorFlow-side modules define; ``tests/test_cli.py`` checks every one
 against its source, so they cannot drift apart:
 
-* `ALGORITHMS`: ``keras_luar.algorithms.registry.ALGORITHMS`` (names, in order);
 * `LUAR_COMPATIBLE`, `DEFAULT_METHODS`, `SERVER_LEARNING_RATE`:
   ``keras_luar.compare`` (``LUAR_COMPATIBLE``, ``DEFAULT_METHODS``, FedOpt's
   ``DEFAULT_OPTIONS``);
 * `PRESETS`: ``keras_luar.presets.PRESETS`` (names, in order);
 * `DIGITS_SETUP`: the defaults of ``keras_luar.quickstart.DigitsSetup``;
 * `BACKENDS`: ``keras_luar.backends.BACKENDS``;
-* `PROGRESS_FILE`: the checkpoint's progress file (``keras_luar._checkpoint``).
+* `PROGRESS_FILE`: the checkpoint's progress file (``keras_luar.training.checkpoint``).
+
+The methods' names come from ``keras_luar.algorithms.registry.names()``, which
+imports no TensorFlow.
 """
 
 from __future__ import annotations
 
-ALGORITHMS: tuple[str, ...] = (
-    "fedavg",
-    "fedluar",
-    "fedprox",
-    "fedopt",
-    "fedpaq",
-    "fedlama",
-    "lbgm",
-    "fedpart",
-)
-LUAR_COMPATIBLE: tuple[str, ...] = ("fedprox", "fedopt", "fedpaq")
+LUAR_COMPATIBLE: tuple[str, ...] = ("fedpaq", "fedprox", "fedopt")
 DEFAULT_METHODS: tuple[str, ...] = (
     "fedavg",
     "fedluar",

@@ -54,6 +54,30 @@ def restore_keras_v2_classes(model: tf.keras.Model) -> None:
         version_utils.swap_class(cls, base_layer.Layer, base_layer_v1.Layer, use_v2=True)
 
 
+def is_functional(model: tf.keras.Model) -> bool:
+    """Whether `model` is a functional (graph) model. Keras 2.14: ``_is_graph_network``."""
+    return bool(getattr(model, "_is_graph_network", False))
+
+
+def inbound_layers(model: tf.keras.Model, layer: tf.keras.layers.Layer) -> list:
+    """The layers that feed `layer` inside the functional `model`.
+
+    Keras 2.14 keeps a layer's call sites in ``_inbound_nodes``; only those that
+    belong to `model` (named ``<layer>_ib-<i>`` in ``model._network_nodes``) count.
+    """
+    nodes = getattr(model, "_network_nodes", set())
+    inbound = []
+    for index, node in enumerate(layer._inbound_nodes):
+        if f"{layer.name}_ib-{index}" in nodes:
+            inbound.extend(source for source, _, _, _ in node.iterate_inbound())
+    return inbound
+
+
+def output_layers(model: tf.keras.Model) -> list:
+    """The layers whose outputs the functional `model` returns (``_output_layers``)."""
+    return list(model._output_layers)
+
+
 def is_subclassed(model: tf.keras.Model) -> bool:
     return not (
         isinstance(model, tf.keras.Sequential) or getattr(model, "_is_graph_network", False)
@@ -182,3 +206,12 @@ def metric_factories(metrics: list, label_shape: Any, output_shape: Any) -> list
                 lambda f=resolved, n=name: tf.keras.metrics.MeanMetricWrapper(f, name=n)
             )
     return factories
+
+
+def is_sparse_loss(loss: tf.keras.losses.Loss) -> bool:
+    """Whether a Keras loss takes class indices as labels (sparse categorical ones)."""
+    if isinstance(loss, tf.keras.losses.SparseCategoricalCrossentropy):
+        return True
+    fn = getattr(loss, "fn", None)  # LossFunctionWrapper (Keras 2.14)
+    name = getattr(fn, "__name__", "") or getattr(loss, "name", "")
+    return "sparse_categorical" in str(name)

@@ -1,10 +1,27 @@
-"""Argument checks shared by the public classes."""
+"""Argument checks shared by the whole package.
+
+Every check raises before anything is built or traced, with the message shape
+Keras uses: ``Invalid value for argument `name`. Expected ... Received: name=...``.
+TypeError for a value of the wrong kind, ValueError for one out of range.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from keras_luar._types import BN_STATISTICS, WEIGHTINGS
+
+
+def invalid(name: str, expected: str, value: Any, error: type = ValueError) -> Exception:
+    """The package's error for argument `name`: what was expected and what was received."""
+    return error(
+        f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}"
+    )
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
@@ -15,11 +32,75 @@ def check_int(name: str, value: Any, minimum: int) -> int:
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
     if value < minimum:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. "
-            f"Received: {name}={value!r}"
-        )
+        raise invalid(name, f"an int >= {minimum}", value)
     return int(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """Returns a seed that fits in int64."""
+    seed = check_int(name, value, -(2**63))
+    if seed >= 2**63:
+        raise invalid(name, "an int that fits in int64", value)
+    return seed
+
+
+def check_float(
+    name: str, value: Any, low: float, high: float = math.inf, *, open_high: bool = False
+) -> float:
+    """Returns `value` as a float in [low, high] (or [low, high) with `open_high`)."""
+    bounds = f"[{low}, {high})" if open_high else f"[{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected a float in {bounds}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    value = float(value)
+    above = value >= high if open_high else value > high
+    if math.isnan(value) or value < low or above:
+        raise invalid(name, f"a float in {bounds}", value)
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Returns `value` if it is a bool (numpy's included)."""
+    if not isinstance(value, bool | np.bool_):
+        raise invalid(name, "True or False", value, TypeError)
+    return bool(value)
+
+
+def check_optional_bool(name: str, value: Any) -> bool | None:
+    """None, or a bool."""
+    return None if value is None else check_bool(name, value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Returns `value` if it is one of `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise invalid(name, f"one of {tuple(choices)}", value)
+    return value
+
+
+def check_weighting(name: str, value: Any) -> str:
+    """A client weighting (see `keras_luar.algorithms.weighting`)."""
+    if value not in WEIGHTINGS:
+        raise invalid(
+            name,
+            f"one of {WEIGHTINGS}: 'uniform' (every client counts 1), 'example' (a client "
+            "counts the size of its data set) or 'round_examples' (the examples it trained "
+            "on this round)",
+            value,
+        )
+    return value
+
+
+def check_bn_statistics(
+    value: Any, supported: Sequence[str] = BN_STATISTICS, owner: str = ""
+) -> str:
+    """A BatchNorm statistics rule among `supported` (`owner` names who supports them)."""
+    if value not in supported:
+        by = f" for {owner}" if owner else ""
+        raise invalid("bn_statistics", f"one of {tuple(supported)}{by}", value)
+    return value
 
 
 def check_weighted_factory(name: str, value: Any) -> Any:
@@ -49,9 +130,7 @@ def check_aggregation_types(owner: str, value_type: Any, weight_type: Any) -> tu
             f"{owner}.create: expected `value_type` to be a structure of float "
             f"tensors. Received: value_type={value_type}"
         )
-    if not (
-        isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating
-    ):
+    if not (isinstance(weight_type, tff.TensorType) and tf.as_dtype(weight_type.dtype).is_floating):
         raise TypeError(
             f"{owner}.create: expected `weight_type` to be a float tensor type. "
             f"Received: weight_type={weight_type}"

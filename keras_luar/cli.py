@@ -56,7 +56,8 @@ def _add_common(parser, *, seeds: bool) -> None:
         "--delta",
         type=_non_negative_int,
         default=2,
-        help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates)",
+        help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates); "
+        "for run: given, it also stacks LUAR on the methods that take it",
     )
     parser.add_argument("--alpha", type=_positive_float, default=setup["alpha"], help="Dirichlet α")
     parser.add_argument(
@@ -213,7 +214,7 @@ def _add_run(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--algorithm", choices=defaults.ALGORITHMS, default="fedluar")
+    parser.add_argument("--algorithm", choices=_algorithms(), default="fedluar")
     parser.add_argument(
         "--preset",
         choices=defaults.PRESETS,
@@ -267,7 +268,7 @@ def _run_preset(args: argparse.Namespace):
         print(f"error: {error}", file=sys.stderr)
         return None
     overrides = {}
-    if "--num-recycled-layers" in args.given or "--delta" in args.given:
+    if _delta_given(args):
         overrides["num_recycled_layers"] = args.num_recycled_layers
     if args.server_learning_rate is not None:
         overrides["server_optimizer"] = tf.keras.optimizers.SGD(args.server_learning_rate)
@@ -330,7 +331,8 @@ def _run(args: argparse.Namespace) -> int:
         trainer = make_digits_trainer(
             setup,
             algorithm=args.algorithm,
-            num_recycled_layers=args.num_recycled_layers,
+            # δ as given; else the method's own (2 for fedluar, no LUAR for the others).
+            num_recycled_layers=args.num_recycled_layers if _delta_given(args) else None,
             seed=args.seed,
             server_learning_rate=args.server_learning_rate,
             backend=args.backend,
@@ -398,24 +400,47 @@ def _write_and_report(args: argparse.Namespace, history) -> int:
     return 0
 
 
+def _delta_given(args: argparse.Namespace) -> bool:
+    return "--num-recycled-layers" in args.given or "--delta" in args.given
+
+
 def _method_spec(text: str) -> str:
     """Checks a --methods value's name and ``+luar`` (its options are checked when it runs)."""
     head = text.strip().partition(":")[0]
     name, plus, suffix = (part.strip() for part in head.lower().partition("+"))
-    if name not in defaults.ALGORITHMS:
+    if name not in _algorithms():
         raise argparse.ArgumentTypeError(
             f"expected name[+luar][:key=value,...] with a name among "
-            f"{', '.join(defaults.ALGORITHMS)}; received {text!r}"
+            f"{', '.join(_algorithms())}; received {text!r}"
         )
     if plus and suffix != "luar":
         raise argparse.ArgumentTypeError(
             f"expected nothing or +luar after the method name; received {text!r}"
         )
-    if plus and name not in defaults.LUAR_COMPATIBLE:
+    if plus and name not in _luar_compatible():
         raise argparse.ArgumentTypeError(
-            f"expected +luar only on {', '.join(defaults.LUAR_COMPATIBLE)}; received {text!r}"
+            f"expected +luar only on {', '.join(_luar_compatible())}; received {text!r}"
         )
     return text
+
+
+def _algorithms() -> tuple[str, ...]:
+    """Every registered method, without importing TensorFlow (the registry's names)."""
+    from keras_luar.algorithms import registry
+
+    return registry.names()
+
+
+def _luar_compatible() -> tuple[str, ...]:
+    """The methods LUAR stacks on: the built-ins' from a TF-free copy, others' from their spec."""
+    from keras_luar.algorithms import registry
+
+    extra = [
+        n
+        for n in registry.names()
+        if n not in registry.BUILTIN and registry.get(n).luar == "optional"
+    ]
+    return (*defaults.LUAR_COMPATIBLE, *extra)
 
 
 def _add_compare(subparsers) -> None:
@@ -428,7 +453,7 @@ def _add_compare(subparsers) -> None:
             "per finished run and a Markdown table of final accuracy (mean ± std over seeds) "
             "and upload relative to FedAvg, and writes compare.md, compare.csv, "
             "histories.json and compare.png (accuracy against cumulative upload) to --out. "
-            f"A method is name[+luar][:key=value,...]: one of {', '.join(defaults.ALGORITHMS)}; "
+            f"A method is name[+luar][:key=value,...]: one of {', '.join(_algorithms())}; "
             "+luar adds LUAR (δ = --num-recycled-layers) to "
             f"{', '.join(defaults.LUAR_COMPATIBLE[:-1])} or {defaults.LUAR_COMPATIBLE[-1]}. "
             "Options are the method's own and go to FederatedTrainer, e.g. "
@@ -622,6 +647,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous = signal.signal(signal.SIGINT, on_sigint)
         except ValueError:  # not the main thread
             previous = None
+    from keras_luar.training import console
+
+    # The command prints its own line on Ctrl-C (with the command to resume).
+    token = console.report_interrupts.set(False)
     try:
         return args.handler(args)
     except BaseException as error:
@@ -632,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
         return 130
     finally:
+        console.report_interrupts.reset(token)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 

@@ -29,33 +29,34 @@ from keras_luar.algorithms.registry import ALGORITHMS
 from keras_luar.plotting import HistoryLike, history_dict, plot_accuracy_vs_communication
 from keras_luar.quickstart import DigitsSetup, digits_data, fit_digits, make_digits_trainer
 
-# Algorithm name -> the name the table prints (from the trainer's registry).
+# Algorithm name -> the name the table prints (from the registry).
 KNOWN_METHODS: dict[str, str] = {name: spec.title for name, spec in ALGORITHMS.items()}
 # The methods that LUAR can be stacked on (`+luar`), as in the paper's Tables 3-4.
 LUAR_COMPATIBLE: tuple[str, ...] = tuple(
-    name for name, spec in ALGORITHMS.items() if spec.luar and name != "fedluar"
+    name for name, spec in ALGORITHMS.items() if spec.luar == "optional"
 )
-# Options a method gets unless its spec sets them: the paper's FEMNIST settings
-# (s = 8 levels, μ = 0.001, server SGD with η = 1.2), which suit the small digits CNN.
-DEFAULT_OPTIONS: dict[str, dict[str, int | float]] = {
-    "fedpaq": {"quantization_levels": 8},
-    "fedprox": {"proximal_strength": 0.001},
-    "fedopt": {"server_learning_rate": 1.2},
+# Options a method gets in the comparison unless a spec sets them: each method's
+# `comparison_options` (the paper's FEMNIST settings, which suit the small digits CNN).
+DEFAULT_OPTIONS: dict[str, dict] = {
+    name: dict(spec.comparison_options)
+    for name, spec in ALGORITHMS.items()
+    if spec.comparison_options
 }
-# Every method, in the order the table lists them.
-DEFAULT_METHODS: tuple[str, ...] = (
-    "fedavg",
-    "fedluar",
-    "fedlama",
-    "lbgm",
-    "fedpart",
-    "fedpaq",
-    "fedpaq+luar",
-    "fedprox",
-    "fedprox+luar",
-    "fedopt",
-    "fedopt+luar",
+# Every method, in the order the table lists them: plain methods first, then each
+# method that LUAR stacks on, alone and with LUAR.
+DEFAULT_METHODS: tuple[str, ...] = tuple(
+    [n for n, s in ALGORITHMS.items() if s.in_comparison and s.luar != "optional"]
+    + [m for n in LUAR_COMPATIBLE if ALGORITHMS[n].in_comparison for m in (n, f"{n}+luar")]
 )
+
+
+def _registered() -> tuple[dict[str, str], tuple[str, ...]]:
+    """The methods and `+luar` ones now registered (a method may be added at run time)."""
+    known = {name: spec.title for name, spec in ALGORITHMS.items()}
+    luar = tuple(name for name, spec in ALGORITHMS.items() if spec.luar == "optional")
+    return known, luar
+
+
 # Trainer arguments the comparison itself sets; a spec may not override them.
 _RESERVED_OPTIONS = (
     "model",
@@ -84,13 +85,15 @@ def _check_method(
     spec: str, algorithm: str, luar: bool, options: Sequence[tuple[str, Any]]
 ) -> None:
     """Raises for an unknown algorithm, a `+luar` it cannot take, or a bad option name."""
-    if algorithm not in KNOWN_METHODS:
-        raise _spec_error(spec, f"a method name, one of {', '.join(KNOWN_METHODS)}")
-    if luar and algorithm not in LUAR_COMPATIBLE:
-        why = "it is LUAR already" if algorithm == "fedluar" else "it cannot take it"
+    known, luar_compatible = _registered()
+    if algorithm not in known:
+        raise _spec_error(spec, f"a method name, one of {', '.join(known)}")
+    if luar and algorithm not in luar_compatible:
+        why = (
+            "it is LUAR already" if ALGORITHMS[algorithm].luar == "always" else "it cannot take it"
+        )
         raise _spec_error(
-            spec,
-            f"`+luar` only on {', '.join(LUAR_COMPATIBLE)} ({KNOWN_METHODS[algorithm]}: {why})",
+            spec, f"`+luar` only on {', '.join(luar_compatible)} ({known[algorithm]}: {why})"
         )
     names = [name for name, _ in options]
     for name in names:
@@ -161,7 +164,7 @@ class MethodSpec:
     @property
     def display_name(self) -> str:
         """The method's name in the paper's style, e.g. ``"FedProx+LUAR"``."""
-        return KNOWN_METHODS[self.algorithm] + ("+LUAR" if self.luar else "")
+        return ALGORITHMS[self.algorithm].title + ("+LUAR" if self.luar else "")
 
     @property
     def label(self) -> str:
@@ -173,11 +176,12 @@ class MethodSpec:
     @property
     def uses_luar(self) -> bool:
         """Whether the method recycles layers (FedLUAR, or ``+luar``)."""
-        return self.luar or self.algorithm == "fedluar"
+        return self.luar or ALGORITHMS[self.algorithm].luar == "always"
 
     def trainer_options(self) -> dict[str, OptionValue]:
         """The algorithm's `DEFAULT_OPTIONS`, updated with the options of the spec."""
-        return {**DEFAULT_OPTIONS.get(self.algorithm, {}), **dict(self.options)}
+        defaults = dict(ALGORITHMS[self.algorithm].comparison_options)
+        return {**defaults, **dict(self.options)}
 
 
 def parse_method_spec(spec: str | MethodSpec) -> MethodSpec:

@@ -46,6 +46,8 @@ def write_history_json(history: tf.keras.callbacks.History, path: str | os.PathL
       history: A History returned by `FederatedTrainer.fit`.
       path: The JSON file to write.
     """
-    data = {k: [v.item() if hasattr(v, "item") else v for v in vs] for k, vs in history.history.items()}
+    data = {
+        k: [v.item() if hasattr(v, "item") else v for v in vs] for k, vs in history.history.items()
+    }
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"history": data}, f, indent=1)

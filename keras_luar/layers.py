@@ -30,10 +30,10 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-BnStatistics = Literal["average", "local"]
-Role = Literal["candidate", "always_sent", "averaged", "local"]
+from keras_luar._types import BnStatistics
+from keras_luar._validation import check_bn_statistics
 
-_BN_OPTIONS = ("average", "local")
+Role = Literal["candidate", "always_sent", "averaged", "local"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,14 +140,6 @@ def is_candidate(shape: Sequence[int], dtype: tf.dtypes.DType | str, trainable: 
     return bool(trainable) and len(shape) >= 2 and tf.as_dtype(dtype).is_floating
 
 
-def _check_bn_statistics(bn_statistics: str) -> None:
-    if bn_statistics not in _BN_OPTIONS:
-        raise ValueError(
-            "Invalid value for argument `bn_statistics`. Expected one of "
-            f"{_BN_OPTIONS}. Received: bn_statistics={bn_statistics!r}"
-        )
-
-
 def _info(name, shape, dtype, trainable, index, bn_statistics) -> VariableInfo:
     shape = tuple(int(d) for d in shape)
     if trainable:
@@ -202,7 +194,9 @@ def _variable_name(variable: tf.Variable) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
-def describe_model(model: tf.keras.Model, *, bn_statistics: BnStatistics = "average") -> ModelLayout:
+def describe_model(
+    model: tf.keras.Model, *, bn_statistics: BnStatistics = "average"
+) -> ModelLayout:
     """Lists the recycling candidates of a Keras model.
 
     Args:
@@ -224,7 +218,7 @@ def describe_model(model: tf.keras.Model, *, bn_statistics: BnStatistics = "aver
       >>> describe_model(model).candidate_names
       ('dense/kernel',)
     """
-    _check_bn_statistics(bn_statistics)
+    check_bn_statistics(bn_statistics)
     if not isinstance(model, tf.keras.Model):
         raise TypeError(
             "Invalid value for argument `model`. Expected a tf.keras.Model. "
@@ -275,7 +269,7 @@ def describe_weights_type(
     """
     import tensorflow_federated as tff
 
-    _check_bn_statistics(bn_statistics)
+    check_bn_statistics(bn_statistics)
     value_type = tff.types.to_type(value_type)
     if not tff.types.is_structure_of_tensors(value_type):
         raise TypeError(

@@ -293,7 +293,9 @@ def plot_aggregation_counts(
             offset = (k - (len(tables) - 1) / 2) * width
             ax.bar(x + offset, [table[n] for n in names], width, label=method, color=color)
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+        ax.set_xticklabels(
+            names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
+        )
         ax.set_xlabel("Layer")
         ax.set_ylabel("Rounds aggregated fresh")
         ax.set_title("Per-layer aggregation counts")

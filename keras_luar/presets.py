@@ -351,9 +351,7 @@ def shakespeare(
     from keras_luar.data.shakespeare import load_shakespeare_federated
     from keras_luar.models import char_rnn
 
-    data = load_shakespeare_federated(
-        num_clients, seed=seed, data_dir=data_dir, download=download
-    )
+    data = load_shakespeare_federated(num_clients, seed=seed, data_dir=data_dir, download=download)
     tf.keras.utils.set_random_seed(seed)
     return _build(
         "shakespeare",

@@ -220,7 +220,7 @@ def compare_on_digits(
         trainer = make_digits_trainer(
             setup,
             algorithm=algorithm,
-            num_recycled_layers=num_recycled_layers,
+            num_recycled_layers=num_recycled_layers if algorithm == "fedluar" else None,
             seed=seed,
             num_classes=data.num_classes,
         )

@@ -124,9 +124,7 @@ def sample_recycle_mask(
     )
     keys = log_p - tf.math.log(-tf.math.log(u))
     _, top = tf.math.top_k(keys, k=num_recycled)
-    chosen = tf.scatter_nd(
-        tf.expand_dims(top, 1), tf.ones([num_recycled], tf.bool), [num_layers]
-    )
+    chosen = tf.scatter_nd(tf.expand_dims(top, 1), tf.ones([num_recycled], tf.bool), [num_layers])
     if eligible is not None:
         chosen = tf.logical_and(chosen, eligible)
     return chosen

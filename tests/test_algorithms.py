@@ -83,7 +83,7 @@ def test_fedpaq_counts_quantized_bytes(delta):
     [
         ({"algorithm": "fedavg", "lbgm_threshold": 0.5}, TypeError, r"'lbgm_threshold'.*'fedavg'"),
         ({"algorithm": "lbgm", "num_recycled_layers": 1}, ValueError, r"cannot use LUAR.*fedluar"),
-        ({"algorithm": "fedopt"}, ValueError, r"server_optimizer.*fedopt"),
+        ({"algorithm": "fedopt"}, ValueError, r"server_optimizer.*FedOpt"),
         (
             {"algorithm": "fedprox", "proximal_strength": -0.1},
             ValueError,
@@ -139,7 +139,7 @@ def test_fedlama_keeps_its_clients_for_a_period(monkeypatch):
     """Round 2k+1 must get the clients (and their states) of round 2k back."""
     trainer = _trainer(algorithm="fedlama", num_recycled_layers=None, aggregation_interval=2)
     seen = []
-    build = trainer._build_process
+    build = trainer.build_process
 
     def recording_build(spec):
         process = build(spec)
@@ -152,7 +152,7 @@ def test_fedlama_keeps_its_clients_for_a_period(monkeypatch):
         process.next = next_fn
         return process
 
-    monkeypatch.setattr(trainer, "_build_process", recording_build)
+    monkeypatch.setattr(trainer, "build_process", recording_build)
     trainer.fit(_client_data(), rounds=4, clients_per_round=PER_ROUND, verbose=0)
     # A client state records the last round its client trained (-1: never).
     assert seen[1] == [0] * PER_ROUND and seen[3] == [2] * PER_ROUND
@@ -269,7 +269,7 @@ def test_augmentation_refuses_batched_client_data():
     x, y, parts = _client_data()
     batched = [tf.data.Dataset.from_tensor_slices((x[p], y[p])).batch(4) for p in parts]
     with pytest.raises(ValueError, match="augmentation.*unbatched"):
-        _trainer(augmentation=lambda image, seed: image).fit(
+        _trainer(augmentation=lambda image, seed: image, batch_size=None).fit(
             batched, rounds=1, clients_per_round=PER_ROUND, verbose=0
         )
 

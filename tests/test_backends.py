@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from test_trainer import ROUNDS, _client_data, _fit, _model, _trainer
+from test_trainer import ROUNDS, _client_data, _fit, _model, _round_inputs, _trainer
 
-import keras_luar
 from keras_luar import backends
 from keras_luar.algorithms.weighting import sized_client_data
 from keras_luar.backends import InProcessContext
 
 # Every registered algorithm; LUAR on top where a method can take it (δ = 1 of 3).
 CASES = {
-    "fedavg": dict(algorithm="fedavg"),
+    "fedavg": dict(algorithm="fedavg", num_recycled_layers=None),
     "fedluar": dict(algorithm="fedluar", num_recycled_layers=1),
     "fedprox+luar": dict(algorithm="fedprox", num_recycled_layers=1, proximal_strength=0.01),
     "fedopt+luar": dict(
@@ -259,16 +258,14 @@ def test_mixed_precision_trains_clients_in_bfloat16_on_both_backends():
 def _three_rounds(name="fedluar"):
     """Runs three rounds of `name` under a given context; returns (metrics, weights)."""
     trainer = _trainer(backend="tensorflow", **CASES[name])
-    datasets = keras_luar.data.as_client_datasets(_client_data())
-    ids = list(datasets)
-    spec = trainer._round_dataset(datasets[ids[0]], False, 0, 0).element_spec
-    process = trainer._build_process(spec)
+    inputs = _round_inputs(trainer, _client_data())
+    process = trainer.build_process(inputs.dataset(0, 0).element_spec)
 
     def rounds(context):
         with tff.framework.get_context_stack().install(context):
             state = process.initialize()
             for t in range(3):
-                data = [trainer._round_dataset(datasets[ids[i]], False, t, i) for i in range(4)]
+                data = [inputs.dataset(i, t) for i in range(4)]
                 if trainer.client_weighting == "example":  # FedPart: by data set size
                     data = [sized_client_data(ds, 20 + i) for i, ds in enumerate(data)]
                 output = process.next(state, data)

@@ -37,7 +37,7 @@ from keras_luar.plotting import (  # noqa: E402
 from keras_luar.quickstart import DigitsSetup  # noqa: E402
 
 TINY = DigitsSetup(rounds=2, num_clients=4, clients_per_round=2, local_steps=2)
-KNOWN = "fedavg, fedluar, fedprox, fedopt, fedpaq, fedlama, lbgm, fedpart"
+KNOWN = "fedavg, fedluar, fedlama, lbgm, fedpart, fedpaq, fedprox, fedopt"
 ROW = re.compile(r"^\| (.+?) \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) \|$", re.M)
 
 
@@ -98,11 +98,11 @@ def test_options_override_defaults_and_name_the_row():
         ("", KNOWN),
         ("fedsgd", KNOWN),
         ("+luar", KNOWN),
-        ("fedavg+luar", "only on fedprox, fedopt, fedpaq (FedAvg: it cannot take it)"),
+        ("fedavg+luar", "only on fedpaq, fedprox, fedopt (FedAvg: it cannot take it)"),
         ("fedluar+luar", "(FedLUAR: it is LUAR already)"),
-        ("fedlama+luar", "only on fedprox, fedopt, fedpaq"),
-        ("lbgm+luar", "only on fedprox, fedopt, fedpaq"),
-        ("fedpart+luar", "only on fedprox, fedopt, fedpaq"),
+        ("fedlama+luar", "only on fedpaq, fedprox, fedopt"),
+        ("lbgm+luar", "only on fedpaq, fedprox, fedopt"),
+        ("fedpart+luar", "only on fedpaq, fedprox, fedopt"),
         ("fedprox+quant", "nothing or `+luar`"),
         ("fedprox+luar+luar", "nothing or `+luar`"),
         ("fedprox:mu", "key=value separated by commas, not 'mu'"),
@@ -127,7 +127,7 @@ def test_bad_specs_say_what_is_wrong(text, fragment):
 
 
 def test_method_spec_checks_itself_and_types():
-    with pytest.raises(ValueError, match="only on fedprox, fedopt, fedpaq"):
+    with pytest.raises(ValueError, match="only on fedpaq, fedprox, fedopt"):
         MethodSpec("fedavg", luar=True)
     with pytest.raises(ValueError, match=KNOWN):
         MethodSpec("FedAvg")  # the constructor takes the algorithm name, not the label
@@ -140,7 +140,7 @@ def test_method_spec_checks_itself_and_types():
     [
         (dict(methods=[]), ValueError, "at least one method"),
         (dict(methods=["fedavg", "FedAvg"]), ValueError, "FedAvg more than once"),
-        (dict(methods=["fedavg", "fedavg+luar"]), ValueError, "only on fedprox, fedopt, fedpaq"),
+        (dict(methods=["fedavg", "fedavg+luar"]), ValueError, "only on fedpaq, fedprox, fedopt"),
         (dict(seeds=[]), ValueError, "one or more different seeds"),
         (dict(seeds=[1, 1]), ValueError, "one or more different seeds"),
         (dict(seeds=[-1]), ValueError, "`seeds`"),
@@ -187,7 +187,7 @@ def test_cli_rejects_a_bad_method_before_training(capsys):
         cli.main(["compare", "--methods", "fedavg", "lbgm+luar"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --methods" in err and "only on fedprox, fedopt, fedpaq" in err
+    assert "argument --methods" in err and "only on fedpaq, fedprox, fedopt" in err
 
 
 # ---- the table ----------------------------------------------------------------------

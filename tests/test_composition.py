@@ -102,7 +102,9 @@ def test_wrapped_fed_avg_scores_use_global_weight_norms_and_recycle_exactly():
     data = _client_data()
     process = keras_luar.with_global_weight_norms(
         tff.learning.algorithms.build_weighted_fed_avg(
-            _model_fn, client_optimizer_fn=_sgd(), model_aggregator=keras_luar.LuarFactory(1, seed=5)
+            _model_fn,
+            client_optimizer_fn=_sgd(),
+            model_aggregator=keras_luar.LuarFactory(1, seed=5),
         )
     )
     state, history = _run(process, 5, data)
@@ -145,7 +147,9 @@ def test_fed_prox_composition():
         )
     )
     _, history = _run(process, 3, _client_data())
-    per_client = [int(o.metrics["aggregator"]["luar"]["upload_params_per_client"]) for _, o in history]
+    per_client = [
+        int(o.metrics["aggregator"]["luar"]["upload_params_per_client"]) for _, o in history
+    ]
     sizes = {0: 20, 2: 20, 4: 12}
     total = 20 + 5 + 20 + 4 + 12 + 3
     assert per_client[0] == total

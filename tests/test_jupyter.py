@@ -26,7 +26,12 @@ def test_fit_runs_in_a_jupyter_kernel(tmp_path):
         nbformat.v4.new_code_cell(c.format(tests=tests, checkpoint=str(tmp_path / "ck")))
         for c in CELLS
     ]
-    client = NotebookClient(notebook, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook,
+        timeout=240,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     client.execute()  # raises CellExecutionError on any failing cell
     outputs = "".join(o.get("text", "") for o in notebook.cells[-1].outputs)
     assert "rounds 3" in outputs

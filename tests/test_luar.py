@@ -106,14 +106,18 @@ def test_recycled_layer_gets_exactly_its_stored_update_and_stale_score():
     state = process.initialize()
     rng = np.random.default_rng(1)
     norms = np.ones(3)
-    first = process.next(_with_norms(state, norms), _clients(rng, scale=[1, 1, 1e-6, 1, 1]), [1.0] * 3)
+    first = process.next(
+        _with_norms(state, norms), _clients(rng, scale=[1, 1, 1e-6, 1, 1]), [1.0] * 3
+    )
     stored = np.array(first.state.last_updates[1])
     stale_score = float(first.state.scores[1])
     state = first.state
     for _ in range(4):
         np.testing.assert_array_equal(state.recycle_mask, [False, True, False])
         # The clients now send large w2 updates; none of it may be used.
-        out = process.next(_with_norms(state, norms), _clients(rng, scale=[1, 1, 100, 1, 1]), [1.0] * 3)
+        out = process.next(
+            _with_norms(state, norms), _clients(rng, scale=[1, 1, 100, 1, 1]), [1.0] * 3
+        )
         np.testing.assert_array_equal(out.result[2], stored)
         np.testing.assert_array_equal(out.state.last_updates[1], stored)
         assert float(out.state.scores[1]) == stale_score
@@ -221,7 +225,9 @@ def test_same_seed_same_masks_and_seed_is_used():
 def test_inner_factory_is_used():
     inner = tff.aggregators.MeanFactory(value_sum_factory=tff.aggregators.SumFactory())
     process = keras_luar.LuarFactory(1, inner_factory=inner).create(VALUE_TYPE, WEIGHT_TYPE)
-    out = process.next(_with_norms(process.initialize(), np.ones(3)), _clients(np.random.default_rng(0)), [1.0] * 3)
+    out = process.next(
+        _with_norms(process.initialize(), np.ones(3)), _clients(np.random.default_rng(0)), [1.0] * 3
+    )
     assert "mean_value" in tff.structure.name_list(
         process.next.type_signature.result.measurements.member.inner
     )

@@ -13,6 +13,7 @@ import tensorflow_federated as tff
 import keras_luar
 from keras_luar.data import partition_iid
 from keras_luar.quickstart import digits_cnn
+from keras_luar.training.client_data import sample_clients
 
 NUM_CLIENTS, ROUNDS, PER_ROUND = 6, 4, 3
 TOTAL_PARAMS = 4 * 8 + 8 + 8 * 6 + 6 + 6 * 3 + 3  # kernels 32, 48, 18 -> L = 3
@@ -60,6 +61,19 @@ def _fit(trainer, **kwargs):
     options = dict(rounds=ROUNDS, clients_per_round=PER_ROUND, verbose=0)
     options.update(kwargs)
     return trainer.fit(_client_data(), **options)
+
+
+def _round_inputs(trainer, client_data):
+    """The trainer's round inputs of `client_data`, as `fit` makes them."""
+    from keras_luar.training.client_data import RoundInputs, as_clients
+    from keras_luar.training.data_checks import check_clients
+
+    clients = as_clients(client_data)
+    check_clients(clients, trainer.signature())
+    return RoundInputs(
+        clients, local_steps=trainer.local_steps, batch_size=trainer.batch_size,
+        seed=trainer.seed, augmentation=trainer.augmentation,
+    )  # fmt: skip
 
 
 def _comparable(history):
@@ -150,7 +164,7 @@ def test_same_seed_same_history_and_weights():
 
 
 def test_fedavg_algorithm_is_tff_fedavg():
-    trainer = _trainer(algorithm="fedavg")
+    trainer = _trainer(algorithm="fedavg", num_recycled_layers=None)
     initial = tff.learning.models.ModelWeights.from_model(trainer.model)
     initial = tf.nest.map_structure(lambda v: v.numpy(), initial)
     history = _fit(trainer)
@@ -158,9 +172,8 @@ def test_fedavg_algorithm_is_tff_fedavg():
     assert history.history["recycled_layers"] == [[]] * ROUNDS
 
     # The same rounds through TFF's stock FedAvg (mean aggregator, uniform weighting).
-    datasets = keras_luar.data.as_client_datasets(_client_data())
-    ids = list(datasets)
-    spec = trainer._round_dataset(datasets[ids[0]], False, 0, 0).element_spec
+    inputs = _round_inputs(trainer, _client_data())
+    spec = inputs.dataset(0, 0).element_spec
 
     def model_fn():
         return tff.learning.models.from_keras_model(
@@ -176,8 +189,8 @@ def test_fedavg_algorithm_is_tff_fedavg():
     )
     state = process.set_model_weights(process.initialize(), initial)
     for t in range(ROUNDS):
-        chosen = trainer._sample(len(ids), PER_ROUND, t)
-        data = [trainer._round_dataset(datasets[ids[i]], False, t, int(i)) for i in chosen]
+        chosen = sample_clients(trainer.seed, len(inputs.clients.ids), PER_ROUND, t)
+        data = [inputs.dataset(int(i), t) for i in chosen]
         state = process.next(state, data).state
     reference = process.get_model_weights(state).trainable
     for got, want in zip(trainer.model.trainable_weights, reference, strict=True):
@@ -242,7 +255,7 @@ def test_stock_keras_callbacks(tmp_path):
 def test_learning_rate_scheduler_reaches_the_clients():
     # lr = 0 from round 1 on: FedAvg then leaves the weights exactly where round 0 put them.
     schedule = tf.keras.callbacks.LearningRateScheduler(lambda r, lr: 0.1 if r == 0 else 0.0)
-    trainer = _trainer(algorithm="fedavg")
+    trainer = _trainer(algorithm="fedavg", num_recycled_layers=None)
     snapshots = []
 
     class Snap(tf.keras.callbacks.Callback):
@@ -271,6 +284,7 @@ def test_client_data_forms(form):
         data = {f"c{i}": tf.data.Dataset.from_tensor_slices(s) for i, s in enumerate(slices)}
     elif form == "batched":
         data = [tf.data.Dataset.from_tensor_slices(s).batch(8) for s in slices]
+        trainer = _trainer(batch_size=None)  # batched data keeps its own batches
     elif form == "federated":
         data = keras_luar.data.load_digits_federated(6, 0.5, seed=0)
     else:
@@ -280,7 +294,7 @@ def test_client_data_forms(form):
     if form == "federated":
         model = digits_cnn()
         trainer = _trainer(model=model, num_recycled_layers=1)
-    else:
+    elif form != "batched":
         trainer = _trainer()
     history = trainer.fit(data, rounds=2, clients_per_round=2, verbose=0)
     assert len(history.history["loss"]) == 2
@@ -309,8 +323,19 @@ def test_no_clients_is_refused():
 def test_mismatched_element_specs_are_refused():
     x, y = _arrays(30)
     data = _datasets(x, y)
+    data[2] = tf.data.Dataset.from_tensor_slices((x[:5].astype(np.float64), y[:5]))
+    with pytest.raises(ValueError, match="same element spec.*client '2' yields"):
+        _trainer().fit(data, rounds=1, clients_per_round=2, verbose=0)
+
+
+def test_inputs_of_the_wrong_size_name_the_client_and_both_shapes():
+    x, y = _arrays(30)
+    data = _datasets(x, y)
     data[2] = tf.data.Dataset.from_tensor_slices((x[:5, :3], y[:5]))
-    with pytest.raises(ValueError, match="same element spec.*client '2'"):
+    with pytest.raises(
+        ValueError,
+        match=r"x of shape \[4\] per example.*Received: client '2' has x of shape \[3\]",
+    ):
         _trainer().fit(data, rounds=1, clients_per_round=2, verbose=0)
 
 
@@ -325,7 +350,7 @@ def test_labels_outside_model_outputs_are_refused():
     x, y = _arrays(30)
     y = y.copy()
     y[4] = 3  # the model has 3 outputs: labels must be in [0, 3)
-    with pytest.raises(ValueError, match=r"labels in \[0, 3\).*client '1' has labels in \[\d, 3\]"):
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\).*client '1' has the label 3\b"):
         _trainer().fit(_datasets(x, y), rounds=1, clients_per_round=2, verbose=0)
 
 
@@ -429,7 +454,7 @@ def test_a_model_with_two_inputs_trains_on_tuple_inputs():
     assert len(history.history["val_accuracy"]) == ROUNDS
     assert history.history["recycled_layers"][0] == []
     # x must carry one tensor per model input.
-    with pytest.raises(ValueError, match="Expected x to hold 2 tensor"):
+    with pytest.raises(ValueError, match="Expected x to hold a tuple of 2 tensors or a dict"):
         _fit_data(
             _trainer(model), [tf.data.Dataset.from_tensor_slices((x[p], y[p])) for p in parts]
         )
@@ -442,14 +467,21 @@ def _fit_data(trainer, data, **kwargs):
 def test_round_dataset_options_keep_the_batches_and_their_order():
     # The trainer switches tf.data's graph rewrites and autotuning off on client
     # data (they cost ~10 ms per client and round); the batches must not change.
+    from keras_luar._keras_compat import global_seed
+    from keras_luar.training.client_data import _shuffle_seed
+
     trainer = _trainer()
     x, y = _arrays(n=30)
-    plain = tf.data.Dataset.from_tensor_slices((x, y))
-    tuned = plain.with_options(keras_luar.trainer.round_dataset_options())
-    assert tuned.options().autotune.enabled is False
+    inputs = _round_inputs(trainer, [(x[:15], y[:15]), (x[15:], y[15:])])
+    plain = tf.data.Dataset.from_tensor_slices((x[15:], y[15:]))
     for t in range(3):
-        want = list(trainer._round_dataset(plain, False, t, 1).as_numpy_iterator())
-        got = list(trainer._round_dataset(tuned, False, t, 1).as_numpy_iterator())
+        got_ds = inputs.dataset(1, t)
+        assert got_ds.options().autotune.enabled is False
+        with global_seed(trainer.seed):
+            seed = tf.constant(_shuffle_seed(t, 1), tf.int64)
+            want_ds = plain.shuffle(15, seed=seed).repeat().batch(trainer.batch_size)
+        want = list(want_ds.take(trainer.local_steps).as_numpy_iterator())
+        got = list(got_ds.as_numpy_iterator())
         assert len(got) == trainer.local_steps
         for (gx, gy), (wx, wy) in zip(got, want, strict=True):
             np.testing.assert_array_equal(gx, wx)

@@ -136,7 +136,9 @@ def test_every_worker_dead_raises_instead_of_hanging(two_workers, contexts):
                 two_workers.kill(0)
                 two_workers.kill(1)
 
-    trainer = _trainer(_model(), algorithm="fedavg", workers=two_workers.addresses)
+    trainer = _trainer(
+        _model(), algorithm="fedavg", num_recycled_layers=None, workers=two_workers.addresses
+    )
     began = time.monotonic()
     with pytest.raises(backends.WorkersUnavailableError, match="Every TFF worker failed"):
         _fit(trainer, rounds=ROUNDS, callbacks=[KillAll()])
@@ -173,8 +175,12 @@ def test_a_restarted_worker_takes_calls_again(two_workers, contexts):
                 two_workers.kill(1)
                 two_workers.start(1)  # same port: the driver finds it again
 
-    _, want, want_weights = _run(algorithm="fedavg", workers=two_workers.addresses)
-    trainer = _trainer(_model(), algorithm="fedavg", workers=two_workers.addresses)
+    _, want, want_weights = _run(
+        algorithm="fedavg", num_recycled_layers=None, workers=two_workers.addresses
+    )
+    trainer = _trainer(
+        _model(), algorithm="fedavg", num_recycled_layers=None, workers=two_workers.addresses
+    )
     got = _fit(trainer, rounds=ROUNDS, callbacks=[Restart()]).history
     assert _without_time(got) == _without_time(want)
     for g, w in zip(trainer.model.get_weights(), want_weights, strict=True):

@@ -38,19 +38,18 @@ import collections
 import sys
 from typing import Any, Literal, NamedTuple
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar import _runtime, layers, scoring
+from keras_luar import layers, scoring
 from keras_luar._validation import (
     check_aggregation_types,
     check_int,
     check_weighted_factory,
 )
+from keras_luar.aggregators.masked import build_masked_process
 
-ClientWeighting = Literal["uniform", "example"]
-_WEIGHTINGS = ("uniform", "example")
+_WEIGHTINGS = ("uniform", "example")  # "example": the weights the client work passes in
 _MISSING_NORMS_MESSAGE = (
     "keras_luar WARNING: LuarFactory got no global weight norms this round, so "
     "layer scores fall back to ||update|| alone (not FedLUAR's ||update||/||weights||). "
@@ -123,7 +122,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
         *,
         seed: int = 0,
         inner_factory: tff.aggregators.WeightedAggregationFactory | None = None,
-        client_weighting: ClientWeighting = "uniform",
+        client_weighting: Literal["uniform", "example"] = "uniform",
         variable_names: list[str] | None = None,
     ):
         self._num_recycled = check_int("num_recycled_layers", num_recycled_layers, 0)
@@ -173,7 +172,6 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
           ValueError: If the value type has no candidate or δ >= L.
         """
         value_type, weight_type = check_aggregation_types("LuarFactory", value_type, weight_type)
-        _runtime.install()  # TFF computations follow: guard its worker processes
         layout = layers.describe_weights_type(value_type, names=self._variable_names)
         if layout.num_candidates == 0:
             raise ValueError(
@@ -188,30 +186,15 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
                 f"Received: num_recycled_layers={self._num_recycled}"
             )
         self._layout = layout
-        inner_process = self._inner_factory.create(value_type, weight_type)
-        inner_state_type = inner_process.initialize.type_signature.result.member
-
         cand_idx = layout.candidate_indices
         num_layers = layout.num_candidates
+        num_variables = len(layout.trainable)
         cand_specs = [(tf.as_dtype(v.dtype), v.shape) for v in layout.candidates]
-        cand_sizes = np.array(layout.candidate_sizes, np.int64)
-        encoded_bytes = getattr(self._inner_factory, "encoded_bytes", None)
+        total_size = float(layout.trainable_size)
+        num_recycled, seed = self._num_recycled, self._seed
+        # The candidates' positions among all variables, as a scatter index.
+        positions = [[i] for i in cand_idx]
 
-        def nbytes(v: layers.VariableInfo) -> int:
-            # An inner factory that encodes tensors (e.g. QuantizationFactory) says what
-            # one tensor costs on the wire; otherwise it travels at its own dtype.
-            if callable(encoded_bytes):
-                return int(encoded_bytes(v.shape, v.dtype))
-            return v.nbytes
-
-        cand_bytes = np.array([nbytes(v) for v in layout.candidates], np.int64)
-        total_size = np.int64(layout.trainable_size)
-        total_bytes = np.int64(sum(nbytes(v) for v in layout.trainable))
-        num_recycled = self._num_recycled
-        seed = self._seed
-        uniform = self._client_weighting == "uniform"
-
-        @tff.tensorflow.computation(inner_state_type)
         def init_state(inner):
             return LuarState(
                 round_num=tf.constant(0, tf.int32),
@@ -224,51 +207,16 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
                 inner=inner,
             )
 
-        @tff.federated_computation()
-        def init_fn():
-            return tff.federated_map(init_state, inner_process.initialize())
-
-        state_type = init_state.type_signature.result
-        mask_type = tff.TensorType(np.bool_, [num_layers])
-
-        @tff.tensorflow.computation(state_type)
-        def get_mask(state):
-            return state.recycle_mask
-
-        @tff.tensorflow.computation(state_type)
-        def get_inner(state):
-            return state.inner
-
-        @tff.tensorflow.computation(value_type, weight_type, mask_type)
-        def prepare_upload(value, weight, mask):
-            flat = tf.nest.flatten(value)
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
-            valid = tf.logical_and(finite, weight > 0)
-            for j, i in enumerate(cand_idx):
-                flat[i] = tf.where(mask[j], tf.zeros_like(flat[i]), flat[i])
-            # A dropped client's values must not reach the inner sum: 0 * NaN is NaN.
-            flat = [tf.where(valid, t, tf.zeros_like(t)) for t in flat]
-            kept_weight = tf.ones_like(weight) if uniform else weight
-            agg_weight = tf.where(valid, kept_weight, tf.zeros_like(weight))
-            return (
-                tf.nest.pack_sequence_as(value, flat),
-                agg_weight,
-                tf.cast(valid, tf.int32),
-                tf.constant(1, tf.int32),
+        def sent_mask(state):
+            # Every variable is sent but the recycled candidates.
+            recycled = tf.scatter_nd(
+                tf.constant(positions, tf.int32), state.recycle_mask, [num_variables]
             )
+            return tf.logical_not(recycled)
 
-        inner_result_type = inner_process.next.type_signature.result.result.member
-
-        @tff.tensorflow.computation(
-            state_type, inner_state_type, inner_result_type, np.int32, np.int32
-        )
-        def server_update(state, inner_state, mean_value, num_valid, num_clients):
-            any_valid = num_valid > 0
-            # With every client dropped the inner mean is 0/0 (TFF's MeanFactory
-            # divides without a guard by default): the round contributes nothing.
-            flat = [tf.where(any_valid, t, tf.zeros_like(t)) for t in tf.nest.flatten(mean_value)]
+        def server_update(state, inner_state, flat, upload):
             mask = state.recycle_mask
-            fresh = tf.logical_and(tf.logical_not(mask), any_valid)
+            fresh = tf.logical_and(tf.logical_not(mask), upload.any_valid)
             norms_missing = tf.reduce_any(state.weight_norms < 0)
             # tf.equal, not `==`: in TFF's graph context `==` compares Python identity.
             warned = tf.cond(
@@ -282,6 +230,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
             fresh_means = [flat[i] for i in cand_idx]
             fresh_scores = scoring.layer_scores(scoring.frobenius_norms(fresh_means), weight_norms)
             scores = tf.where(fresh, fresh_scores, state.scores)
+            flat = list(flat)
             last_updates = []
             for j, i in enumerate(cand_idx):
                 stored = state.last_updates[j]
@@ -304,57 +253,34 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
                 weight_norms=-tf.ones_like(state.weight_norms),
                 inner=inner_state,
             )
-            mask64 = tf.cast(mask, tf.int64)
-            per_client = total_size - tf.reduce_sum(mask64 * cand_sizes)
-            per_client_bytes = total_bytes - tf.reduce_sum(mask64 * cand_bytes)
-            clients64 = tf.cast(num_clients, tf.int64)
             # `warned` implies `norms_missing`; or-ing them ties the print to an output.
             norms_missing = tf.logical_or(norms_missing, warned)
-            measurements = collections.OrderedDict(
+            luar = collections.OrderedDict(
                 recycled=mask,
                 num_recycled=tf.reduce_sum(tf.cast(mask, tf.int32)),
-                num_clients=num_clients,
-                num_dropped_clients=num_clients - num_valid,
-                upload_params_per_client=per_client,
-                upload_params=per_client * clients64,
-                upload_bytes_per_client=per_client_bytes,
-                upload_bytes=per_client_bytes * clients64,
-                upload_fraction=tf.cast(per_client, tf.float64) / float(total_size),
+                num_clients=upload.num_clients,
+                num_dropped_clients=upload.num_clients - upload.num_valid,
+                upload_params_per_client=upload.params_per_client,
+                upload_params=upload.params,
+                upload_bytes_per_client=upload.bytes_per_client,
+                upload_bytes=upload.bytes,
+                upload_fraction=tf.cast(upload.params_per_client, tf.float64) / total_size,
                 scores=scores,
                 aggregation_counts=counts,
                 weight_norms_missing=norms_missing,
             )
-            return new_state, tf.nest.pack_sequence_as(mean_value, flat), measurements
+            return new_state, flat, collections.OrderedDict(luar=luar)
 
-        @tff.federated_computation(
-            tff.FederatedType(state_type, tff.SERVER),
-            tff.FederatedType(value_type, tff.CLIENTS),
-            tff.FederatedType(weight_type, tff.CLIENTS),
+        return build_masked_process(
+            owner="LuarFactory",
+            value_type=value_type,
+            weight_type=weight_type,
+            inner_factory=self._inner_factory,
+            init_state=init_state,
+            sent_mask=sent_mask,
+            server_update=server_update,
+            uniform=self._client_weighting == "uniform",
         )
-        def next_fn(state, value, weight):
-            # Client computation: the mask travels down, recycled layers stay home.
-            client_mask = tff.federated_broadcast(tff.federated_map(get_mask, state))
-            upload = tff.federated_map(prepare_upload, (value, weight, client_mask))
-            # Inner aggregation of the sent part.
-            inner_output = inner_process.next(
-                tff.federated_map(get_inner, state), upload[0], upload[1]
-            )
-            num_valid = tff.federated_sum(upload[2])
-            num_clients = tff.federated_sum(upload[3])
-            # Server computation: recycle, refresh stored updates and scores, draw R_{t+1}.
-            new_state, result, luar_measurements = tff.federated_map(
-                server_update,
-                (state, inner_output.state, inner_output.result, num_valid, num_clients),
-            )
-            # Output preparation.
-            measurements = tff.federated_zip(
-                collections.OrderedDict(luar=luar_measurements, inner=inner_output.measurements)
-            )
-            return tff.templates.MeasuredProcessOutput(
-                state=new_state, result=result, measurements=measurements
-            )
-
-        return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
 def _print_missing_norms_warning():

@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar._types import BnStatistics, ClientWeighting
+from keras_luar._validation import check_bn_statistics, check_weighting
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
@@ -35,27 +37,13 @@ from keras_luar.algorithms.local_training import (
     zeros_if,
 )
 from keras_luar.algorithms.weighting import (
-    ClientWeighting,
-    check_weighting,
     client_data_type,
     client_weight,
     unpack_client_data,
 )
 
-BnStatistics = Literal["average", "local"]
 TrainableSchedule = Callable[[tf.Tensor], tf.Tensor]
-BN_STATISTICS = ("average", "local")
 _STATISTICS_TAG = 0x57A7  # folded into the round key of the statistics' quantization
-
-
-def check_bn_statistics(value: Any, supported: tuple[str, ...] = BN_STATISTICS) -> str:
-    """Returns `value` if it is one of `supported`; raises ValueError naming the argument."""
-    if value not in supported:
-        raise ValueError(
-            f"Invalid value for argument `bn_statistics`. Expected one of {supported}. "
-            f"Received: bn_statistics={value!r}"
-        )
-    return value
 
 
 def check_proximal_strength(value: Any) -> float:
@@ -186,7 +174,7 @@ def build_client_work(
     """
     check_weighting("client_weighting", client_weighting)
     proximal_strength = check_proximal_strength(proximal_strength)
-    check_bn_statistics(bn_statistics, ("average", "none"))
+    check_bn_statistics(bn_statistics, ("average", "none"), "build_client_work")
     initial_weights, weights_type, batches_type, aggregate_metrics = model_types(model_fn)
     data_type = client_data_type(batches_type, client_weighting)
     num_trainable = len(weights_type.trainable)

@@ -106,21 +106,21 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import layers
-from keras_luar._validation import check_int
-from keras_luar.algorithms.client_work import check_bn_statistics
+from keras_luar._types import ClientWeighting
+from keras_luar._validation import check_bn_statistics, check_int, check_weighting
+from keras_luar.aggregators.measurements import communication_measurements
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
     model_types,
 )
+from keras_luar.algorithms.registry import register
+from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
 from keras_luar.algorithms.stateful import (
     StatefulClientProcess,
     StatefulOutput,
-    communication_measurements,
 )
 from keras_luar.algorithms.weighting import (
-    ClientWeighting,
-    check_weighting,
     client_data_type,
     client_weight,
     unpack_client_data,
@@ -503,3 +503,37 @@ def build_fedlama(
         return StatefulOutput(new_state, new_client_states, metrics)
 
     return StatefulClientProcess(initialize, next_fn, initial_client_state, client_period=phi)
+
+
+def _build(context: BuildContext) -> StatefulClientProcess:
+    return build_fedlama(
+        context.model_fn,
+        client_optimizer=context.client_optimizer,
+        local_steps=context.local_steps,
+        aggregation_interval=context.options["aggregation_interval"],
+        fedavg_rounds=context.options["fedavg_rounds"],
+        client_weighting=context.client_weighting,
+        bn_statistics=context.bn_statistics,
+        seed=context.seed,
+    )
+
+
+SPEC = register(
+    AlgorithmSpec(
+        name="fedlama",
+        title="FedLAMA",
+        reference="Lee et al., AAAI 2023",
+        build=_build,
+        summary="layer-wise aggregation intervals: layers that agree are averaged every φ rounds",
+        options={
+            "aggregation_interval": Option(
+                2, lambda n, v: check_int(n, v, 1), "φ, the longer interval and sampling period"
+            ),
+            "fedavg_rounds": Option(
+                8, lambda n, v: check_int(n, v, 0), "FedAvg rounds before intervals adapt"
+            ),
+        },
+        bn_statistics=("average", "local"),
+        server_optimizer="none",
+    )
+)

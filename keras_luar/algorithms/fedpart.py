@@ -5,20 +5,17 @@ the layers of the global model mismatched with each other, and trains only a
 part of the network in most rounds while the rest stays frozen as an anchor.
 The pieces here are:
 
-* `layer_groups`: the model's trainable variables split into groups in depth
-  order, derived from the Keras layers (never from variable names). A layer
-  with a trainable variable of rank >= 2 (convolution, dense, embedding, a
-  whole `MultiHeadAttention`) starts a group; a layer with only rank <= 1
-  trainable variables (BatchNorm, LayerNorm) joins the group of the layer
-  that feeds it. A 1×1 projection convolution with its BatchNorm is its own
-  group.
+* `keras_luar.layer_groups.layer_groups`: the model's trainable variables
+  split into groups in depth order, derived from the Keras layers (never from
+  variable names).
 * `FedPartSchedule`: which group trains in which round. After
   ``warmup_rounds`` full-network rounds, each cycle trains the groups from
   shallow to deep for ``rounds_per_group`` consecutive rounds each, followed
   by ``full_rounds_between_cycles`` full-network rounds; cycles repeat
   forever.
-* `PartialUpdateFactory`: a TFF aggregation factory that aggregates only the
-  variables trained this round and reports what was uploaded.
+* `keras_luar.aggregators.partial.PartialUpdateFactory`: a TFF aggregation
+  factory that aggregates only the variables trained this round and reports
+  what was uploaded.
 * `build_fedpart`: the `tff.learning.templates.LearningProcess`.
 
 Worked example: 3 groups with the default schedule (5 warm-up rounds, 2 rounds
@@ -69,374 +66,30 @@ References:
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar import _runtime
-from keras_luar._validation import (
-    check_aggregation_types,
-    check_int,
-    check_weighted_factory,
-)
-from keras_luar.algorithms.client_work import (
-    BnStatistics,
-    ClientWeighting,
-    build_learning_process,
-)
-from keras_luar.algorithms.stateful import communication_measurements
+from keras_luar._types import BnStatistics, ClientWeighting
+from keras_luar._validation import check_int
+from keras_luar.aggregators.partial import PartialUpdateFactory, PartialUpdateState
+from keras_luar.algorithms.client_work import build_learning_process
+from keras_luar.algorithms.registry import register
+from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+from keras_luar.layer_groups import GroupSpec, LayerGroup, check_groups, layer_groups
 
-
-@dataclasses.dataclass(frozen=True)
-class LayerGroup:
-    """A set of trainable variables that FedPart trains together.
-
-    Attributes:
-      name: A readable name: the path of the layer that starts the group
-        (``"block/conv"`` inside a nested model), or the entries of an
-        explicit group joined by ``+``.
-      indices: Positions in ``model.trainable_variables`` (the order of TFF's
-        ``ModelWeights.trainable``), ascending.
-    """
-
-    name: str
-    indices: tuple[int, ...]
-
-
-GroupSpec = Sequence[str | int]
-
-
-def layer_groups(
-    model: tf.keras.Model, groups: Sequence[GroupSpec] | None = None
-) -> list[LayerGroup]:
-    """Splits a Keras model's trainable variables into FedPart's layer groups.
-
-    Without `groups`, the layers are walked in the model's order (nested
-    Sequential and functional models are walked inside). A layer owning a
-    trainable variable of rank >= 2 starts a new group with all its trainable
-    variables; a layer with only rank <= 1 trainable variables joins the group
-    of the layer feeding it (in a functional model the deepest group among its
-    inputs, looking through layers without variables such as Add or ReLU); such
-    layers ahead of every group join the first group. A subclassed model's
-    layers are taken in the order Keras lists them (the order of assignment),
-    each fed by the one before. Variables are matched by identity, so names
-    play no part.
-
-    Args:
-      model: A built `tf.keras.Model`.
-      groups: Optional explicit groups, in training order: each a list of
-        variable names (``"dense/kernel"``, with or without ``:0``), layer names
-        or paths (all trainable variables of the layer), or indices into
-        ``model.trainable_variables``.
-
-    Returns:
-      A list of `LayerGroup` in depth (or the given) order; every trainable
-      variable is in exactly one group.
-
-    Raises:
-      TypeError: If `model` is not a Keras model or an entry of `groups` is
-        neither a string nor an int.
-      ValueError: If the model is unbuilt or has no trainable variable, a
-        variable cannot be placed in a group, or explicit groups are empty,
-        name something unknown or ambiguous, repeat a variable or miss one.
-
-    Examples:
-      >>> import tensorflow as tf
-      >>> model = tf.keras.Sequential([
-      ...     tf.keras.Input((8, 8, 1)),
-      ...     tf.keras.layers.Conv2D(4, 3, name="conv"),
-      ...     tf.keras.layers.BatchNormalization(name="bn"),
-      ...     tf.keras.layers.Flatten(),
-      ...     tf.keras.layers.Dense(2, name="head")])
-      >>> [(g.name, g.indices) for g in layer_groups(model)]
-      [('conv', (0, 1, 2, 3)), ('head', (4, 5))]
-
-    References:
-      Wang et al., "Why Go Full? Elevating Federated Learning Through Partial
-      Network Updates", NeurIPS 2024.
-    """
-    if not isinstance(model, tf.keras.Model):
-        raise TypeError(
-            "Invalid value for argument `model`. Expected a tf.keras.Model. "
-            f"Received: model={type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(
-            "Invalid value for argument `model`. Expected a built model (give it an Input "
-            f"layer or call it once on data). Received: an unbuilt {type(model).__name__}"
-        )
-    variables = list(model.trainable_variables)
-    if not variables:
-        raise ValueError(
-            "Invalid value for argument `model`. Expected a model with trainable "
-            "variables. Received: a model without any"
-        )
-    if groups is not None:
-        return _explicit_groups(model, variables, groups)
-    walker = _GroupWalker({v.ref(): i for i, v in enumerate(variables)})
-    walker.walk(model, None, "")
-    return walker.finish(variables)
-
-
-class _GroupWalker:
-    """Assigns variables to groups while walking a model's layers."""
-
-    def __init__(self, index: dict):
-        self.index = index  # variable ref -> position in model.trainable_variables
-        self.placed: set = set()
-        self.names: list[str] = []
-        self.members: list[list[int]] = []
-        self.pending: list[tuple[str, list[int]]] = []  # rank<=1 layers ahead of any group
-
-    def walk(self, model: tf.keras.Model, entry: int | None, prefix: str) -> int | None:
-        """Walks `model`'s layers; returns the group whose output the model returns."""
-        network_nodes = getattr(model, "_network_nodes", None)
-        if isinstance(model, tf.keras.Sequential) or not getattr(model, "_is_graph_network", False):
-            # A chain (Sequential, or a subclassed model in attribute order): each
-            # layer is fed by the one before.
-            current = entry
-            for layer in model.layers:
-                current = self.visit(layer, current, prefix)
-            return current
-        # Functional: topological order, inputs followed through the model's graph.
-        output_group: dict[int, int | None] = {}
-        for layer in model.layers:
-            if isinstance(layer, tf.keras.layers.InputLayer):
-                output_group[id(layer)] = entry
-                continue
-            inputs = []
-            for node_index, node in enumerate(layer._inbound_nodes):
-                if f"{layer.name}_ib-{node_index}" not in network_nodes:
-                    continue
-                for inbound, _, _, _ in node.iterate_inbound():
-                    inputs.append(output_group.get(id(inbound), entry))
-            known = [g for g in inputs if g is not None]
-            feeding = max(known) if known else None
-            output_group[id(layer)] = self.visit(layer, feeding, prefix)
-        outputs = [output_group.get(id(layer)) for layer in model._output_layers]
-        known = [g for g in outputs if g is not None]
-        return max(known) if known else None
-
-    def visit(self, layer: tf.keras.layers.Layer, feeding: int | None, prefix: str) -> int | None:
-        """Places `layer`'s variables; returns the group of its output."""
-        if isinstance(layer, tf.keras.Model):
-            return self.walk(layer, feeding, f"{prefix}{layer.name}/")
-        own = []
-        for v in layer.trainable_variables:
-            ref = v.ref()
-            # A variable shared by several layers belongs to the first that uses it.
-            if ref in self.index and ref not in self.placed:
-                self.placed.add(ref)
-                own.append(v)
-        if not own:
-            return feeding
-        indices = [self.index[v.ref()] for v in own]
-        if any((v.shape.rank or 0) >= 2 for v in own):
-            self.names.append(prefix + layer.name)
-            self.members.append(indices)
-            return len(self.members) - 1
-        if feeding is None:
-            self.pending.append((prefix + layer.name, indices))
-            return None
-        self.members[feeding].extend(indices)
-        return feeding
-
-    def finish(self, variables: list[tf.Variable]) -> list[LayerGroup]:
-        """Adds the pending layers to the first group and checks that all are placed."""
-        if self.pending:
-            leading = [i for _, ix in self.pending for i in ix]
-            if self.members:
-                self.members[0].extend(leading)
-            else:  # No variable of rank >= 2 anywhere: one group holds everything.
-                self.names.append(self.pending[0][0])
-                self.members.append(leading)
-        missing = [v for v in variables if v.ref() not in self.placed]
-        if missing:
-            raise ValueError(
-                "layer_groups: could not place trainable variable(s) "
-                f"{[v.name for v in missing]} in a layer group: no layer of the model owns "
-                "them (e.g. a variable created directly on a subclassed model). Pass "
-                "explicit `groups` instead."
-            )
-        names = _unique_names(self.names)
-        return [
-            LayerGroup(name, tuple(sorted(ix)))
-            for name, ix in zip(names, self.members, strict=True)
-        ]
-
-
-def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        k = seen.get(n, 0)
-        seen[n] = k + 1
-        out.append(n if k == 0 else f"{n}#{k}")
-    return out
-
-
-def _layer_paths(
-    model: tf.keras.Model, prefix: str = ""
-) -> list[tuple[str, tf.keras.layers.Layer]]:
-    out = []
-    for layer in model.layers:
-        out.append((prefix + layer.name, layer))
-        if isinstance(layer, tf.keras.Model):
-            out.extend(_layer_paths(layer, f"{prefix}{layer.name}/"))
-    return out
-
-
-def _explicit_groups(
-    model: tf.keras.Model, variables: list[tf.Variable], groups: Sequence[GroupSpec]
-) -> list[LayerGroup]:
-    index = {v.ref(): i for i, v in enumerate(variables)}
-    by_var_name: dict[str, list[int]] = collections.defaultdict(list)
-    for i, v in enumerate(variables):
-        for name in {v.name, v.name[:-2] if v.name.endswith(":0") else v.name}:
-            by_var_name[name].append(i)
-    by_layer: dict[str, list[list[int]]] = collections.defaultdict(list)
-    for path, layer in _layer_paths(model):
-        ix = [index[v.ref()] for v in layer.trainable_variables if v.ref() in index]
-        by_layer[path].append(ix)
-        if path != layer.name:
-            by_layer[layer.name].append(ix)
-
-    def resolve(entry: str | int) -> list[int]:
-        if isinstance(entry, bool) or not isinstance(entry, str | int | np.integer):
-            raise TypeError(
-                "Invalid value for argument `groups`. Expected lists of variable names, layer "
-                f"names or int indices. Received an entry {entry!r} of type {type(entry).__name__}"
-            )
-        if not isinstance(entry, str):
-            if not 0 <= entry < len(variables):
-                raise ValueError(
-                    "Invalid value for argument `groups`. Expected indices in "
-                    f"[0, {len(variables)}). Received: index {entry}"
-                )
-            return [int(entry)]
-        if entry in by_var_name:
-            if len(by_var_name[entry]) > 1:
-                raise ValueError(
-                    "Invalid value for argument `groups`. The variable name "
-                    f"{entry!r} is ambiguous (several variables have it); use their indices."
-                )
-            return by_var_name[entry]
-        if entry in by_layer:
-            if len(by_layer[entry]) > 1:
-                raise ValueError(
-                    "Invalid value for argument `groups`. The layer name "
-                    f"{entry!r} is ambiguous (several nested layers have it); use its path."
-                )
-            return by_layer[entry][0]
-        raise ValueError(
-            "Invalid value for argument `groups`. Expected names of trainable variables or "
-            f"layers of the model. Received: unknown name {entry!r}. Trainable variables: "
-            f"{[v.name for v in variables]}"
-        )
-
-    if isinstance(groups, str | bytes) or not isinstance(groups, Sequence) or not groups:
-        raise ValueError(
-            "Invalid value for argument `groups`. Expected a non-empty list of groups. "
-            f"Received: groups={groups!r}"
-        )
-    owner: dict[int, int] = {}
-    result = []
-    for g, spec in enumerate(groups):
-        if isinstance(spec, str | int) or not isinstance(spec, Sequence) or not spec:
-            raise ValueError(
-                "Invalid value for argument `groups`. Expected each group to be a non-empty "
-                f"list of names or indices. Received: group {g} = {spec!r}"
-            )
-        indices = []
-        for entry in spec:
-            for i in resolve(entry):
-                if i in owner:
-                    raise ValueError(
-                        "Invalid value for argument `groups`. Expected every trainable variable "
-                        f"in exactly one group. Received: {variables[i].name} in group "
-                        f"{owner[i]} and group {g} (entry {entry!r})"
-                    )
-                owner[i] = g
-                indices.append(i)
-        if not indices:
-            raise ValueError(
-                "Invalid value for argument `groups`. Expected each group to hold a trainable "
-                f"variable. Received: group {g} = {spec!r}, which names none"
-            )
-        result.append(LayerGroup("+".join(str(e) for e in spec), tuple(sorted(indices))))
-    missing = [variables[i].name for i in range(len(variables)) if i not in owner]
-    if missing:
-        raise ValueError(
-            "Invalid value for argument `groups`. Expected every trainable variable in "
-            f"exactly one group. Received groups that miss {missing}"
-        )
-    return result
-
-
-def check_groups(
-    groups: Sequence[LayerGroup | Sequence[int]], num_variables: int
-) -> list[LayerGroup]:
-    """Checks that `groups` split ``range(num_variables)`` and returns them as `LayerGroup`s.
-
-    Args:
-      groups: `LayerGroup`s (as `layer_groups` returns) or lists of indices.
-      num_variables: The number of trainable variables of the model.
-
-    Returns:
-      The groups as `LayerGroup`s, in the given order.
-
-    Raises:
-      ValueError: If `groups` is empty or an index is out of range, repeated
-        or missing.
-    """
-    if isinstance(groups, str | bytes) or not isinstance(groups, Sequence) or not groups:
-        raise ValueError(
-            "Invalid value for argument `groups`. Expected a non-empty list of LayerGroup "
-            f"(see layer_groups). Received: groups={groups!r}"
-        )
-    out = []
-    for g, group in enumerate(groups):
-        if not isinstance(group, LayerGroup):
-            if (
-                isinstance(group, str)
-                or not isinstance(group, Sequence)
-                or any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in group)
-            ):
-                raise ValueError(
-                    "Invalid value for argument `groups`. Expected LayerGroup objects or lists "
-                    f"of int indices (see layer_groups). Received: group {g} = {group!r}"
-                )
-            group = LayerGroup(f"group_{g}", tuple(int(i) for i in group))
-        out.append(group)
-    seen: dict[int, int] = {}
-    for g, group in enumerate(out):
-        if not group.indices:
-            raise ValueError(f"Invalid value for argument `groups`. Group {g} is empty.")
-        for i in group.indices:
-            if not 0 <= i < num_variables:
-                raise ValueError(
-                    "Invalid value for argument `groups`. Expected indices in "
-                    f"[0, {num_variables}) (the model's trainable variables). Received: index "
-                    f"{i} in group {g} ({group.name!r})"
-                )
-            if i in seen:
-                raise ValueError(
-                    "Invalid value for argument `groups`. Expected every trainable variable in "
-                    f"exactly one group. Received: index {i} in groups {seen[i]} and {g}"
-                )
-            seen[i] = g
-    missing = sorted(set(range(num_variables)) - set(seen))
-    if missing:
-        raise ValueError(
-            "Invalid value for argument `groups`. Expected every trainable variable in exactly "
-            f"one group. Received groups that miss the variables at indices {missing}"
-        )
-    return out
+__all__ = [
+    "FedPartSchedule",
+    "GroupSpec",
+    "LayerGroup",
+    "PartialUpdateFactory",
+    "PartialUpdateState",
+    "build_fedpart",
+    "layer_groups",
+]
 
 
 class FedPartSchedule:
@@ -548,242 +201,6 @@ class FedPartSchedule:
         return mask_fn
 
 
-class PartialUpdateState(NamedTuple):
-    """Server state of `PartialUpdateFactory`."""
-
-    round_num: Any  # int32 []: rounds aggregated so far; selects this round's variables
-    inner: Any  # state of the inner aggregation process
-
-
-class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
-    """Aggregates only the variables trained this round (FedPart's aggregation).
-
-    One round (t counts from 0, kept in the state):
-
-    1. Server: the mask ``trainable_schedule(t)`` is broadcast.
-    2. Clients: variables outside the mask are zero-filled and count as not
-       uploaded (TFF types are static: the simulation carries zeros where a
-       deployment sends nothing; with FedPart's frozen variables the update is
-       exactly zero anyway). A client with a non-finite value or weight 0 is
-       zeroed and weighted 0.
-    3. Inner aggregation (default: `tff.aggregators.MeanFactory`, which
-       weights clients by the weights it is given; the number of examples in
-       `build_fedpart`).
-    4. Server: if every client had weight 0, the result is zero (no update)
-       instead of the inner mean's 0/0; variables outside the mask are zero.
-
-    Measurements: ``communication`` (``upload_params`` = Σ numel of the
-    trained variables × participating clients, ``upload_bytes`` the same at
-    the variables' dtype sizes or at the inner factory's ``encoded_bytes``,
-    ``aggregated`` = the fraction of participating clients aggregated for a
-    trained variable, 1.0 in an ordinary round, and 0.0 for the others);
-    ``fedpart=OrderedDict(group=<int32, -1 for full>)`` when `group_schedule`
-    is given; and ``inner``.
-
-    Args:
-      trainable_schedule: ``f(round_num: int32 tensor) -> bool tensor`` with one
-        entry per leaf of the value type (e.g.
-        `FedPartSchedule.trainable_mask_fn`). It must use the same round
-        counter as the client work (both count from 0, one per round).
-      group_schedule: Optional ``f(round_num) -> int32 scalar`` reported as
-        ``fedpart.group`` (e.g. `FedPartSchedule.group_index`).
-      inner_factory: A `tff.aggregators.WeightedAggregationFactory` for the
-        trained variables; defaults to `tff.aggregators.MeanFactory()`.
-
-    Raises:
-      TypeError: If a schedule is not callable or `inner_factory` is not a
-        weighted factory.
-
-    Examples:
-      >>> import numpy as np, tensorflow as tf, tensorflow_federated as tff
-      >>> schedule = FedPartSchedule(2, warmup_rounds=1, rounds_per_group=1,
-      ...                            full_rounds_between_cycles=0)
-      >>> factory = PartialUpdateFactory(
-      ...     schedule.trainable_mask_fn([[0], [1]], 2), group_schedule=schedule.group_index)
-      >>> process = factory.create(tff.types.to_type([(np.float32, (2, 2)), (np.float32, (2,))]),
-      ...                          tff.TensorType(np.float32))
-
-    References:
-      Wang et al., "Why Go Full? Elevating Federated Learning Through Partial
-      Network Updates", NeurIPS 2024.
-    """
-
-    def __init__(
-        self,
-        trainable_schedule: Callable[[tf.Tensor], tf.Tensor],
-        *,
-        group_schedule: Callable[[tf.Tensor], tf.Tensor] | None = None,
-        inner_factory: tff.aggregators.WeightedAggregationFactory | None = None,
-    ):
-        if not callable(trainable_schedule):
-            raise TypeError(
-                "Invalid value for argument `trainable_schedule`. Expected a callable of the "
-                f"round number. Received: trainable_schedule={trainable_schedule!r}"
-            )
-        if group_schedule is not None and not callable(group_schedule):
-            raise TypeError(
-                "Invalid value for argument `group_schedule`. Expected a callable of the round "
-                f"number or None. Received: group_schedule={group_schedule!r}"
-            )
-        inner_factory = check_weighted_factory("inner_factory", inner_factory)
-        self._trainable_schedule = trainable_schedule
-        self._group_schedule = group_schedule
-        self._inner_factory = inner_factory
-
-    def create(
-        self, value_type: tff.types.Type, weight_type: tff.types.Type
-    ) -> tff.templates.AggregationProcess:
-        """Builds the aggregation process for `value_type` (see the class docstring).
-
-        Args:
-          value_type: A structure of float tensors with fully defined shapes.
-          weight_type: A float `tff.TensorType`.
-
-        Returns:
-          A `tff.templates.AggregationProcess` whose state is a `PartialUpdateState`.
-
-        Raises:
-          TypeError: If the types are not as above.
-          ValueError: If the schedule's mask does not have one entry per tensor.
-        """
-        value_type, weight_type = check_aggregation_types(
-            "PartialUpdateFactory", value_type, weight_type
-        )
-        _runtime.install()  # TFF computations follow: guard its worker processes
-        specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type))
-        if not all(s.shape.is_fully_defined() for s in specs):
-            raise TypeError(
-                "PartialUpdateFactory.create: expected tensors with fully defined shapes. "
-                f"Received: value_type={value_type}"
-            )
-        num_variables = len(specs)
-        with tf.Graph().as_default():
-            probe = tf.convert_to_tensor(self._trainable_schedule(tf.constant(0, tf.int32)))
-        if probe.shape.as_list() != [num_variables]:
-            raise ValueError(
-                "PartialUpdateFactory.create: `trainable_schedule` must return a bool vector "
-                f"with one entry per tensor of the value type ({num_variables}). Received a "
-                f"tensor of shape {probe.shape}"
-            )
-        encoded_bytes = getattr(self._inner_factory, "encoded_bytes", None)
-
-        def nbytes(spec: tf.TensorSpec) -> int:
-            # An encoding inner factory (e.g. QuantizationFactory) says what one
-            # tensor costs on the wire; otherwise it travels at its own dtype.
-            if callable(encoded_bytes):
-                return int(encoded_bytes(spec.shape, spec.dtype))
-            return spec.shape.num_elements() * spec.dtype.size
-
-        sizes = np.array([s.shape.num_elements() for s in specs], np.int64)
-        byte_sizes = np.array([nbytes(s) for s in specs], np.int64)
-        inner_process = self._inner_factory.create(value_type, weight_type)
-        inner_state_type = inner_process.initialize.type_signature.result.member
-        trainable_schedule = self._trainable_schedule
-        group_schedule = self._group_schedule
-
-        @tff.tensorflow.computation(inner_state_type)
-        def init_state(inner):
-            return PartialUpdateState(round_num=tf.constant(0, tf.int32), inner=inner)
-
-        @tff.federated_computation()
-        def init_fn():
-            return tff.federated_map(init_state, inner_process.initialize())
-
-        state_type = init_state.type_signature.result
-
-        @tff.tensorflow.computation(state_type)
-        def round_mask(state):
-            mask = tf.cast(trainable_schedule(state.round_num), tf.bool)
-            return tf.reshape(mask, [num_variables])
-
-        @tff.tensorflow.computation(state_type)
-        def get_inner(state):
-            return state.inner
-
-        mask_type = round_mask.type_signature.result
-
-        @tff.tensorflow.computation(value_type, weight_type, mask_type)
-        def prepare_upload(value, weight, mask):
-            flat = tf.nest.flatten(value)
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
-            valid = tf.logical_and(finite, weight > 0)
-            keep = tf.unstack(tf.logical_and(mask, valid), num=num_variables)
-            # tf.where, not a product: 0 * NaN would still be NaN.
-            flat = [tf.where(k, t, tf.zeros_like(t)) for k, t in zip(keep, flat, strict=True)]
-            return (
-                tf.nest.pack_sequence_as(value, flat),
-                tf.where(valid, weight, tf.zeros_like(weight)),
-                tf.cast(valid, tf.int32),
-                tf.constant(1, tf.int32),
-            )
-
-        inner_result_type = inner_process.next.type_signature.result.result.member
-
-        @tff.tensorflow.computation(
-            state_type, inner_state_type, inner_result_type, mask_type, np.int32, np.int32
-        )
-        def server_update(state, inner_state, mean_value, mask, num_valid, num_clients):
-            # With every weight 0, TFF's mean is 0/0 = NaN: the round then applies no update.
-            any_valid = num_valid > 0
-            keep = tf.unstack(tf.logical_and(mask, any_valid), num=num_variables)
-            flat = [
-                tf.where(k, t, tf.zeros_like(t))
-                for k, t in zip(keep, tf.nest.flatten(mean_value), strict=True)
-            ]
-            mask64 = tf.cast(mask, tf.int64)
-            clients64 = tf.cast(num_clients, tf.int64)
-            fraction = tf.math.divide_no_nan(
-                tf.cast(num_valid, tf.float32), tf.cast(num_clients, tf.float32)
-            )
-            measurements = collections.OrderedDict(
-                communication=communication_measurements(
-                    upload_params=tf.reduce_sum(mask64 * sizes) * clients64,
-                    upload_bytes=tf.reduce_sum(mask64 * byte_sizes) * clients64,
-                    aggregated=tf.cast(mask, tf.float32) * fraction,
-                )
-            )
-            if group_schedule is not None:
-                group = tf.cast(tf.reshape(group_schedule(state.round_num), []), tf.int32)
-                measurements["fedpart"] = collections.OrderedDict(group=group)
-            new_state = PartialUpdateState(round_num=state.round_num + 1, inner=inner_state)
-            return new_state, tf.nest.pack_sequence_as(mean_value, flat), measurements
-
-        @tff.federated_computation(
-            tff.FederatedType(state_type, tff.SERVER),
-            tff.FederatedType(value_type, tff.CLIENTS),
-            tff.FederatedType(weight_type, tff.CLIENTS),
-        )
-        def next_fn(state, value, weight):
-            # Client computation: only this round's variables are sent.
-            mask = tff.federated_map(round_mask, state)
-            upload = tff.federated_map(
-                prepare_upload, (value, weight, tff.federated_broadcast(mask))
-            )
-            # Inner aggregation of what was sent.
-            inner_output = inner_process.next(
-                tff.federated_map(get_inner, state), upload[0], upload[1]
-            )
-            num_valid = tff.federated_sum(upload[2])
-            num_clients = tff.federated_sum(upload[3])
-            # Server computation: the all-weights-zero guard, the round counter, accounting.
-            new_state, result, measurements = tff.federated_map(
-                server_update,
-                (state, inner_output.state, inner_output.result, mask, num_valid, num_clients),
-            )
-            # Output preparation: `communication` (and `fedpart`) at the top, as the
-            # trainer looks them up by name.
-            outputs = collections.OrderedDict(communication=measurements["communication"])
-            if group_schedule is not None:
-                outputs["fedpart"] = measurements["fedpart"]
-            outputs["inner"] = inner_output.measurements
-            measurements = tff.federated_zip(outputs)
-            return tff.templates.MeasuredProcessOutput(
-                state=new_state, result=result, measurements=measurements
-            )
-
-        return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
 def _num_trainable(model_fn: Callable[[], tff.learning.models.VariableModel]) -> int:
     with tf.Graph().as_default():
         return len(model_fn().trainable_variables)
@@ -882,3 +299,52 @@ def build_fedpart(
         trainable_schedule=mask_fn,
         bn_statistics=bn_statistics,
     )
+
+
+def _check_group_entries(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, list | tuple):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected None or a list of groups, each a "
+            f"list of variable names or indices. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _build(context: BuildContext) -> Any:
+    options = context.options
+    return build_fedpart(
+        context.model_fn,
+        groups=layer_groups(context.keras_model, groups=options["groups"]),
+        client_optimizer=context.client_optimizer,
+        server_optimizer=context.server_optimizer,
+        local_steps=context.local_steps,
+        warmup_rounds=options["warmup_rounds"],
+        rounds_per_group=options["rounds_per_group"],
+        full_rounds_between_cycles=options["full_rounds_between_cycles"],
+        client_weighting=context.client_weighting,
+        seed=context.seed,
+        bn_statistics=context.bn_statistics,
+    )
+
+
+def _count(minimum: int) -> Callable[[str, Any], int]:
+    return lambda name, value: check_int(name, value, minimum)
+
+
+SPEC = register(
+    AlgorithmSpec(
+        name="fedpart",
+        title="FedPart",
+        reference="Wang et al., NeurIPS 2024",
+        build=_build,
+        summary="partial network updates: one layer group trains and is sent per round",
+        options={
+            "warmup_rounds": Option(5, _count(0), "full-network rounds before the first cycle"),
+            "rounds_per_group": Option(2, _count(1), "consecutive rounds per group"),
+            "full_rounds_between_cycles": Option(5, _count(0), "full rounds after each cycle"),
+            "groups": Option(None, _check_group_entries, "explicit layer groups (None: derived)"),
+        },
+        client_weighting="example",
+        bn_statistics=("average", "local"),
+    )
+)

@@ -119,20 +119,22 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar._types import ClientWeighting
+from keras_luar._validation import check_bool, check_choice, check_float, check_weighting
+from keras_luar.aggregators.measurements import communication_measurements
 from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
     model_types,
 )
+from keras_luar.algorithms.registry import register
+from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
 from keras_luar.algorithms.stateful import (
     StatefulClientProcess,
     StatefulOutput,
-    communication_measurements,
     trainable_sizes,
 )
 from keras_luar.algorithms.weighting import (
-    ClientWeighting,
-    check_weighting,
     client_data_type,
     client_weight,
     unpack_client_data,
@@ -607,3 +609,66 @@ def _validate(
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise _invalid("seed", "an int", seed)
     return float(threshold), client_weighting
+
+
+def _check(options, server_optimizer_given: bool) -> None:
+    if options["server_momentum"] and server_optimizer_given:
+        raise _invalid(
+            "server_momentum",
+            "0 when a server_optimizer is given (put the momentum in the optimizer)",
+            options["server_momentum"],
+        )
+    if options["error_feedback"] and options["lbgm_variant"] == "paper":
+        raise _invalid(
+            "error_feedback",
+            "False with lbgm_variant='paper' (the FedLUAR paper's LBGM has no error feedback)",
+            options["error_feedback"],
+        )
+
+
+def _build(context: BuildContext) -> StatefulClientProcess:
+    options = context.options
+    return build_lbgm(
+        context.model_fn,
+        client_optimizer=context.client_optimizer,
+        server_optimizer=context.server_optimizer,
+        local_steps=context.local_steps,
+        threshold=options["lbgm_threshold"],
+        error_feedback=options["error_feedback"],
+        client_weighting=context.client_weighting,
+        variant=options["lbgm_variant"],
+        server_momentum=options["server_momentum"],
+        seed=context.seed,
+    )
+
+
+SPEC = register(
+    AlgorithmSpec(
+        name="lbgm",
+        title="LBGM",
+        reference="Azam et al., ICLR 2022",
+        build=_build,
+        summary="look-back gradients: a client sends one number per tensor when its update "
+        "is close to a multiple of an old one",
+        options={
+            "lbgm_threshold": Option(
+                None,
+                lambda n, v: None if v is None else check_float(n, v, 0.0, 1.0),
+                "largest 1 − cos² sent as a scalar (None: 0.2 official, 0.95 paper)",
+            ),
+            "error_feedback": Option(False, check_bool, "keep the residual of scalar sends"),
+            "lbgm_variant": Option(
+                "official",
+                lambda n, v: check_choice(n, v, ("official", "paper")),
+                "'official' (FedOptim) or 'paper' (the FedLUAR paper's baseline)",
+            ),
+            "server_momentum": Option(
+                0.0,
+                lambda n, v: check_float(n, v, 0.0, 1.0, open_high=True),
+                "momentum of the server SGD (official: 0.9)",
+            ),
+        },
+        client_weighting=lambda options: DEFAULT_WEIGHTINGS[options["lbgm_variant"]],
+        check=_check,
+    )
+)

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar._validation import check_weighting
 from keras_luar.algorithms.client_work import (
     TrainableSchedule,
     check_proximal_strength,
@@ -39,7 +40,7 @@ from keras_luar.algorithms.client_work import (
 )
 from keras_luar.algorithms.local_training import all_finite, model_types
 from keras_luar.algorithms.stateful import StatefulClientProcess, StatefulOutput
-from keras_luar.algorithms.weighting import check_weighting, client_data_type
+from keras_luar.algorithms.weighting import client_data_type
 
 ModelWeights = tff.learning.models.ModelWeights
 

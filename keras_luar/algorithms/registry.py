@@ -1,191 +1,110 @@
-"""The algorithms `FederatedTrainer` can run, their options, and how each is built.
+"""The methods `FederatedTrainer` can run, by name, in the order the docs list them.
 
-Each entry names a method, the keyword options it takes (with defaults) and
-whether LUAR can be its aggregation step (``num_recycled_layers > 0``).
-Options are checked here, when the trainer is constructed, so bad values fail
-before any round runs; the builders check them again for direct TFF use.
+Each method module declares its `AlgorithmSpec` and calls `register` when it is
+imported. The built-in modules are imported on first lookup, so reading the
+names costs nothing and the command line can list them before TensorFlow loads.
+A user or a test can register a method of its own the same way:
+
+    register(AlgorithmSpec("mymethod", "MyMethod", "me, 2026", build=my_build))
+
+and it then runs through `FederatedTrainer(algorithm="mymethod")`, `keras-luar
+compare` and `keras-luar run`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Callable, Mapping
-from typing import Any
+import importlib
+from collections.abc import Iterator, Mapping
 
-from keras_luar._validation import check_int
+from keras_luar.algorithms.spec import AlgorithmSpec
 
-
-def _check_float(name: str, value: Any, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Expected a float in [{low}, {high}]. "
-            f"Received: {name}={value!r} of type {type(value).__name__}"
-        )
-    if not (low <= value <= high) or math.isnan(value):
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a float in [{low}, {high}]. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Expected True or False. Received: {name}={value!r}"
-        )
-    return value
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected one of {choices}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
-
-
-def _check_groups(name: str, value: Any) -> Any:
-    if value is not None and not isinstance(value, list | tuple):
-        raise TypeError(
-            f"Invalid value for argument `{name}`. Expected None or a list of groups, each a "
-            f"list of variable names or indices. Received: {name}={value!r}"
-        )
-    return value
-
-
-def _check_optional_bool(name: str, value: Any) -> bool | None:
-    return None if value is None else _check_bool(name, value)
-
-
-_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "proximal_strength": lambda n, v: _check_float(n, v, 0.0),
-    "quantization_levels": lambda n, v: check_int(n, v, 1),
-    "requantize_aggregate": _check_optional_bool,
-    "quantize_statistics": _check_bool,
-    "server_momentum": lambda n, v: _check_float(n, v, 0.0, 0.999),
-    "aggregation_interval": lambda n, v: check_int(n, v, 1),
-    "fedavg_rounds": lambda n, v: check_int(n, v, 0),
-    "lbgm_threshold": lambda n, v: None if v is None else _check_float(n, v, 0.0, 1.0),
-    "lbgm_variant": lambda n, v: _check_choice(n, v, ("official", "paper")),
-    "error_feedback": _check_bool,
-    "warmup_rounds": lambda n, v: check_int(n, v, 0),
-    "rounds_per_group": lambda n, v: check_int(n, v, 1),
-    "full_rounds_between_cycles": lambda n, v: check_int(n, v, 0),
-    "groups": _check_groups,
+# name -> the module that registers it, in table order. The only list of built-ins.
+BUILTIN: dict[str, str] = {
+    "fedavg": "keras_luar.algorithms.fedavg",
+    "fedluar": "keras_luar.algorithms.fedluar",
+    "fedlama": "keras_luar.algorithms.fedlama",
+    "lbgm": "keras_luar.algorithms.lbgm",
+    "fedpart": "keras_luar.algorithms.fedpart",
+    "fedpaq": "keras_luar.algorithms.fedpaq",
+    "fedprox": "keras_luar.algorithms.fedprox",
+    "fedopt": "keras_luar.algorithms.fedopt",
 }
 
-
-@dataclasses.dataclass(frozen=True)
-class AlgorithmSpec:
-    """One algorithm the trainer can run.
-
-    Attributes:
-      name: The ``algorithm=`` string.
-      title: Display name, e.g. ``"FedLAMA"``.
-      options: Keyword options and their defaults.
-      luar: Whether LUAR can be the aggregation step (δ > 0).
-      client_weighting: Default client weighting of the averaged updates (see
-        `keras_luar.algorithms.weighting`), the one the method's official code uses.
-      reference: The paper the method comes from.
-      bn_statistics: The BatchNorm statistics rules the method supports, its
-        default first (see `keras_luar.algorithms.client_work`).
-    """
-
-    name: str
-    title: str
-    options: Mapping[str, Any]
-    luar: bool
-    client_weighting: str
-    reference: str
-    bn_statistics: tuple[str, ...] = ("average",)
+_SPECS: dict[str, AlgorithmSpec] = {}
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    spec.name: spec
-    for spec in (
-        AlgorithmSpec("fedavg", "FedAvg", {}, False, "uniform", "McMahan et al., AISTATS 2017"),
-        AlgorithmSpec("fedluar", "FedLUAR", {}, True, "uniform", "Kim, Kang, Lee, 2025"),
-        AlgorithmSpec(
-            "fedprox",
-            "FedProx",
-            {"proximal_strength": 0.001},
-            True,
-            "uniform",
-            "Li et al., MLSys 2020",
-        ),
-        AlgorithmSpec("fedopt", "FedOpt", {}, True, "uniform", "Reddi et al., ICLR 2021"),
-        AlgorithmSpec(
-            "fedpaq",
-            "FedPAQ",
-            {"quantization_levels": 16, "requantize_aggregate": None, "quantize_statistics": True},
-            True,
-            "uniform",
-            "Reisizadeh et al., AISTATS 2020",
-        ),
-        AlgorithmSpec(
-            "fedlama",
-            "FedLAMA",
-            {"aggregation_interval": 2, "fedavg_rounds": 8},
-            False,
-            "uniform",
-            "Lee et al., AAAI 2023",
-            ("average", "local"),
-        ),
-        AlgorithmSpec(
-            "lbgm",
-            "LBGM",
-            {
-                "lbgm_threshold": None,
-                "error_feedback": False,
-                "lbgm_variant": "official",
-                "server_momentum": 0.0,
-            },
-            False,
-            "example",
-            "Azam et al., ICLR 2022",
-        ),
-        AlgorithmSpec(
-            "fedpart",
-            "FedPart",
-            {
-                "warmup_rounds": 5,
-                "rounds_per_group": 2,
-                "full_rounds_between_cycles": 5,
-                "groups": None,
-            },
-            False,
-            "example",
-            "Wang et al., NeurIPS 2024",
-            ("average", "local"),
-        ),
-    )  # fmt: skip
-}
-
-
-def resolve(algorithm: Any, options: Mapping[str, Any]) -> tuple[AlgorithmSpec, dict[str, Any]]:
-    """Checks an algorithm name and its options; returns the spec and all options.
+def register(spec: AlgorithmSpec, *, replace: bool = False) -> AlgorithmSpec:
+    """Adds `spec` to the registry; returns it.
 
     Raises:
-      ValueError: For an unknown algorithm (listing the known ones) or a bad value.
-      TypeError: For an option the algorithm does not take, or a bad type.
+      TypeError: If `spec` is not an `AlgorithmSpec`.
+      ValueError: If its name is taken (unless `replace`).
     """
-    if algorithm not in ALGORITHMS:
+    if not isinstance(spec, AlgorithmSpec):
+        raise TypeError(f"register: expected an AlgorithmSpec. Received: {type(spec).__name__}")
+    if spec.name in _SPECS and not replace and _SPECS[spec.name] is not spec:
+        raise ValueError(f"register: an algorithm named {spec.name!r} is registered already.")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Removes a method registered by `register` (not a built-in)."""
+    if name in BUILTIN:
+        raise ValueError(f"unregister: {name!r} is a built-in method.")
+    _SPECS.pop(name, None)
+
+
+def _load_builtins() -> None:
+    for name, module in BUILTIN.items():
+        if name not in _SPECS:
+            importlib.import_module(module)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered name, built-ins first (no method module is imported)."""
+    return tuple(BUILTIN) + tuple(n for n in _SPECS if n not in BUILTIN)
+
+
+def get(name: str) -> AlgorithmSpec:
+    """The spec of `name`.
+
+    Raises:
+      ValueError: For an unknown name; the message lists the known ones.
+    """
+    if name in BUILTIN and name not in _SPECS:
+        importlib.import_module(BUILTIN[name])
+    if not isinstance(name, str) or name not in _SPECS:
         raise ValueError(
-            f"Invalid value for argument `algorithm`. Expected one of {tuple(ALGORITHMS)}. "
-            f"Received: algorithm={algorithm!r}"
+            f"Invalid value for argument `algorithm`. Expected one of {names()}. "
+            f"Received: algorithm={name!r}"
         )
-    spec = ALGORITHMS[algorithm]
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        takes = ", ".join(spec.options) or "no options"
-        raise TypeError(
-            f"FederatedTrainer got option(s) {', '.join(map(repr, unknown))} that algorithm "
-            f"{algorithm!r} does not take. It takes: {takes}."
-        )
-    resolved = dict(spec.options)
-    for name, value in options.items():
-        resolved[name] = _CHECKS[name](name, value)
-    return spec, resolved
+    return _SPECS[name]
+
+
+class _Specs(Mapping):
+    """All specs by name, in table order (imports the built-in methods on first use)."""
+
+    def __getitem__(self, name: str) -> AlgorithmSpec:
+        if name not in names():
+            raise KeyError(name)
+        return get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(names())
+
+    def __len__(self) -> int:
+        return len(names())
+
+    def __repr__(self) -> str:
+        return f"ALGORITHMS({', '.join(names())})"
+
+
+ALGORITHMS: Mapping[str, AlgorithmSpec] = _Specs()
+"""Name -> `AlgorithmSpec` for every registered method."""
+
+
+def resolve(algorithm: str, options: Mapping) -> tuple[AlgorithmSpec, dict]:
+    """Checks an algorithm name and its options; returns the spec and all options."""
+    spec = get(algorithm)
+    return spec, spec.resolve_options(options)

@@ -20,7 +20,8 @@ Conventions shared by every such process, which the trainer relies on:
   (a `tff.learning.models.ModelWeights`) and ``client_hparams`` (the client
   optimizer's hyper-parameters, e.g. the learning rate);
 * the metrics are an `OrderedDict` with ``client_work=OrderedDict(train=<model
-  metrics>)`` and ``communication`` (see `communication_measurements`).
+  metrics>)`` and ``communication`` (see
+  `keras_luar.aggregators.measurements.communication_measurements`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 
@@ -144,34 +144,6 @@ def _field_accessors(state_type, field: str):
         return new
 
     return get, set_
-
-
-def communication_measurements(
-    *,
-    upload_params: tf.Tensor,
-    upload_bytes: tf.Tensor,
-    aggregated: tf.Tensor,
-) -> collections.OrderedDict:
-    """The accounting every method reports, under the metrics key ``communication``.
-
-    Args:
-      upload_params: int64 scalar, numbers uploaded this round by all
-        participating clients together.
-      upload_bytes: int64 scalar, bytes uploaded this round by all clients.
-      aggregated: float32 vector with one entry per trainable variable: the
-        fraction of participating clients whose update of that variable was
-        uploaded in full and aggregated this round (1 or 0 for methods that
-        decide per round, a fraction for per-client decisions such as LBGM's).
-        Summed over rounds it gives the per-layer aggregation counts.
-
-    Returns:
-      ``OrderedDict(upload_params=..., upload_bytes=..., aggregated=...)``.
-    """
-    return collections.OrderedDict(
-        upload_params=tf.cast(upload_params, tf.int64),
-        upload_bytes=tf.cast(upload_bytes, tf.int64),
-        aggregated=tf.cast(aggregated, tf.float32),
-    )
 
 
 def trainable_sizes(weights_type: Any) -> Sequence[int]:

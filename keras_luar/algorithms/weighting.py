@@ -30,14 +30,25 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-ClientWeighting = Literal["uniform", "example", "round_examples"]
-WEIGHTINGS: tuple[str, ...] = ("uniform", "example", "round_examples")
+from keras_luar._types import WEIGHTINGS, ClientWeighting
+from keras_luar._validation import check_weighting
+
+__all__ = [
+    "WEIGHTINGS",
+    "ClientWeighting",
+    "SizedClientData",
+    "check_weighting",
+    "client_data_type",
+    "client_weight",
+    "sized_client_data",
+    "unpack_client_data",
+]
 
 
 class SizedClientData(NamedTuple):
@@ -45,18 +56,6 @@ class SizedClientData(NamedTuple):
 
     batches: Any  # tf.data.Dataset: the round's batches
     data_size: Any  # tf.data.Dataset with one float32 scalar: n_i, the client's data set size
-
-
-def check_weighting(name: str, value: Any) -> str:
-    """Returns `value` if it is a known weighting; raises ValueError naming `name` otherwise."""
-    if value not in WEIGHTINGS:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected one of {WEIGHTINGS}: 'uniform' "
-            "(every client counts 1), 'example' (a client counts the size of its data set) "
-            "or 'round_examples' (the examples it trained on this round). "
-            f"Received: {name}={value!r}"
-        )
-    return value
 
 
 def sized_client_data(batches: tf.data.Dataset, data_size: int | float) -> SizedClientData:

@@ -187,7 +187,6 @@ class InProcessContext(tff.framework.SyncContext):
             cached = self._embedded[key] = (block, embedded)
         return cached[1]
 
-
     def map_clients(self, function: Callable, values: list, pool: Any = None) -> list:
         """Applies `function` to every client's value; the results in client order.
 
@@ -279,8 +278,10 @@ class _Traced:
 
     def __call__(self, leaves: list) -> Any:
         """Runs the round on the leaves of its argument (as `_flatten` lists them)."""
-        inputs = [tf.data.experimental.to_variant(v) if isinstance(v, tf.data.Dataset) else v
-                  for v in leaves]
+        inputs = [
+            tf.data.experimental.to_variant(v) if isinstance(v, tf.data.Dataset) else v
+            for v in leaves
+        ]
         outputs = self._function._call_flat(inputs, self._function.captured_inputs)
         for embedded in self._embedded:
             embedded.destroy()
@@ -451,7 +452,9 @@ class _Evaluator:
             source = self.evaluate(block.source, env)
             return source[block.as_index()]
         if isinstance(block, bb.Struct):
-            return Struct((name, self.evaluate(e, env)) for name, e in tff.structure.iter_elements(block))
+            return Struct(
+                (name, self.evaluate(e, env)) for name, e in tff.structure.iter_elements(block)
+            )
         if isinstance(block, bb.Lambda):
             name, result = block.parameter_name, block.result
 

@@ -49,7 +49,9 @@ def write_client_records(
                 elements = list(ds)
                 count = len(elements)
                 if count:
-                    columns = [tf.stack(c) for c in zip(*map(tf.nest.flatten, elements), strict=True)]
+                    columns = [
+                        tf.stack(c) for c in zip(*map(tf.nest.flatten, elements), strict=True)
+                    ]
                     writer.write(_example(columns))
             else:
                 count = 0

@@ -54,9 +54,12 @@ class RoundCheckpoint:
         a different fingerprint raises instead of silently mixing runs.
     """
 
-    def __init__(self, directory: str, fingerprint: dict):
+    def __init__(self, directory: str, fingerprint: dict, variable_names: list[str] | None = None):
         self.directory = os.fspath(directory)
         self.fingerprint = _jsonable(fingerprint)
+        # Keras's automatic names change when a model is built again in the same process
+        # (dense_5 -> dense_7), so names only explain a mismatch; the structure decides.
+        self.variable_names = list(variable_names or [])
         os.makedirs(self.directory, exist_ok=True)
         self._manager = tff.program.FileProgramStateManager(
             os.path.join(self.directory, "state"), keep_total=2
@@ -70,9 +73,18 @@ class RoundCheckpoint:
         return os.path.join(self.directory, f"clients-{rounds_done}.npz")
 
     def save(
-        self, state, rounds_done: int, history: dict, client_states: dict | None = None
+        self,
+        state,
+        rounds_done: int,
+        history: dict,
+        client_states: dict | None = None,
+        extra: dict | None = None,
     ) -> None:
-        """Saves `state` (and per-client states) after `rounds_done` rounds, then the progress."""
+        """Saves `state` (and per-client states) after `rounds_done` rounds, then the progress.
+
+        `extra` is JSON-able run state that `restore` gives back (e.g. the
+        cursors of pre-batched client data).
+        """
         run_sync(self._manager.save(state, version=rounds_done))
         if client_states:
             arrays = {
@@ -89,15 +101,17 @@ class RoundCheckpoint:
         progress = {
             "rounds_done": rounds_done,
             "fingerprint": self.fingerprint,
+            "variable_names": self.variable_names,
             "history": _jsonable(history),
+            "extra": _jsonable(extra or {}),
         }
         tmp = self._progress_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(progress, f)
         os.replace(tmp, self._progress_path)
 
-    def restore(self, template, client_template=None) -> tuple[Any, int, dict, dict] | None:
-        """Returns ``(state, rounds_done, history, client_states)``, or None if empty.
+    def restore(self, template, client_template=None) -> tuple[Any, int, dict, dict, dict] | None:
+        """Returns ``(state, rounds_done, history, client_states, extra)``, or None if empty.
 
         `client_template` is the structure of one client's state (None for
         methods without client state).
@@ -110,16 +124,7 @@ class RoundCheckpoint:
         with open(self._progress_path, encoding="utf-8") as f:
             progress = json.load(f)
         if progress["fingerprint"] != self.fingerprint:
-            differing = sorted(
-                k
-                for k in set(progress["fingerprint"]) | set(self.fingerprint)
-                if progress["fingerprint"].get(k) != self.fingerprint.get(k)
-            )
-            raise ValueError(
-                f"Invalid value for argument `checkpoint_dir`. {self.directory!r} holds a run "
-                f"with a different configuration (differs in: {', '.join(differing)}). Use "
-                "another directory or delete this one."
-            )
+            raise ValueError(self._mismatch(progress))
         rounds_done = int(progress["rounds_done"])
         state = run_sync(self._manager.load(rounds_done, template))
         client_states: dict = {}
@@ -132,4 +137,47 @@ class RoundCheckpoint:
             for cid, parts in leaves.items():
                 flat = [parts[j] for j in range(len(parts))]
                 client_states[cid] = tf.nest.pack_sequence_as(client_template, flat)
-        return state, rounds_done, progress["history"], client_states
+        return state, rounds_done, progress["history"], client_states, progress.get("extra", {})
+
+    def _mismatch(self, progress: dict) -> str:
+        saved, ours = progress["fingerprint"], self.fingerprint
+        differing = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        details = [
+            f"{k}: {ours.get(k)!r} here, {saved.get(k)!r} in the checkpoint"
+            for k in differing
+            if k != "variables"
+        ]
+        if "variables" in differing:
+            details.append(self._variable_differences(saved.get("variables") or [], progress))
+        return (
+            f"Invalid value for argument `checkpoint_dir`. {self.directory!r} holds a run "
+            f"with a different configuration (differs in: {', '.join(differing)}). "
+            + "; ".join(details)
+            + ". Use another directory or delete this one."
+        )
+
+    def _variable_differences(self, saved: list, progress: dict) -> str:
+        ours = self.fingerprint.get("variables") or []
+        saved_names = progress.get("variable_names") or []
+        lines = []
+        for i in range(max(len(ours), len(saved))):
+            mine = ours[i] if i < len(ours) else None
+            theirs = saved[i] if i < len(saved) else None
+            if mine != theirs:
+                name = self.variable_names[i] if i < len(self.variable_names) else "-"
+                old = saved_names[i] if i < len(saved_names) else "-"
+                lines.append(
+                    f"variable {i}: {name} {_shape(mine)} here, {old} {_shape(theirs)} in the "
+                    "checkpoint"
+                )
+        shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+        return (
+            f"the model's variables differ ({len(ours)} here, {len(saved)} saved): {shown}. "
+            "Variables are matched by position, shape and dtype; if the architecture is the "
+            "same, build the layers in the same order (giving them names makes a mismatch "
+            "easier to read)"
+        )
+
+
+def _shape(entry: Any) -> str:
+    return "missing" if entry is None else f"{entry[0]} {entry[1]}"
