@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 _WORKER_NAME = "worker_binary"
 _PR_SET_PDEATHSIG = 1
@@ -213,6 +214,32 @@ class _WorkerPopen(subprocess.Popen):
             _started.append(self)
 
 
+def start_worker(args: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Starts a TFF ``worker_binary`` whose life is tied to this process's.
+
+    The worker gets ``PR_SET_PDEATHSIG`` (Linux), a quiet C++ log level unless
+    the environment sets one, and is stopped by `stop_workers` and at exit.
+
+    Args:
+      args: The command line; its first item is the path of ``worker_binary``.
+      **kwargs: As for `subprocess.Popen`.
+
+    Returns:
+      The running process.
+    """
+    return _WorkerPopen(args, **kwargs)
+
+
+def forget_worker(process: subprocess.Popen) -> None:
+    """Stops tracking a worker that its owner has stopped (and reaped) itself.
+
+    Args:
+      process: A process from `start_worker`; one not tracked is ignored.
+    """
+    if process in _started:
+        _started.remove(process)
+
+
 class _SubprocessShim:
     """Stands in for the `subprocess` module inside TFF's executor factory."""
 
@@ -319,12 +346,9 @@ def _at_exit() -> None:
     # TFF's ServiceManager.__del__ may run during interpreter teardown, after module
     # globals were cleared, and then prints a spurious traceback. The workers are
     # stopped above, so its clean-up has nothing left to do.
-    import gc
+    from keras_luar import _tff_internals  # imported by `install`, which registered this
 
-    for obj in gc.get_objects():
-        cls = type(obj)
-        if cls.__name__ == "ServiceManager" and cls.__module__.endswith("executor_factory"):
-            cls.__del__ = lambda self: None
+    _tff_internals.silence_service_manager_teardown()
 
 
 def _on_signal(signum, frame):  # pragma: no cover - exercised by subprocess tests
@@ -351,14 +375,10 @@ def install() -> None:
         signals = not _signals_installed and threading.current_thread() is threading.main_thread()
         _signals_installed = _signals_installed or signals
     if first:
-        from tensorflow_federated.python.core.environments.tensorflow_backend import (
-            graph_optimizations,
-        )
-        from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+        from keras_luar import _tff_internals
 
-        executor_factory.subprocess = _SubprocessShim()
-        if not isinstance(graph_optimizations.tf_optimizer, _QuietGrappler):
-            graph_optimizations.tf_optimizer = _QuietGrappler(graph_optimizations.tf_optimizer)
+        _tff_internals.patch_executor_subprocess(_SubprocessShim())
+        _tff_internals.patch_grappler(_QuietGrappler)
         atexit.register(_at_exit)
     if signals:
         for signum in (signal.SIGTERM, signal.SIGHUP):

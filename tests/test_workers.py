@@ -100,7 +100,7 @@ def test_a_worker_killed_mid_round_changes_nothing(two_workers, contexts, monkey
     # fails in flight while the round's other calls are done or under way elsewhere.
     victim = two_workers.addresses[0]
     armed = {"on": False, "calls": 0}
-    call = remote._Worker.call
+    call = remote.connection.Worker.call
 
     def killing_call(self, block, argument):
         if armed["on"] and self.address == victim:
@@ -113,7 +113,7 @@ def test_a_worker_killed_mid_round_changes_nothing(two_workers, contexts, monkey
         def on_epoch_begin(self, epoch, logs=None):
             armed["on"] = epoch == 1
 
-    monkeypatch.setattr(remote._Worker, "call", killing_call)
+    monkeypatch.setattr(remote.connection.Worker, "call", killing_call)
     trainer = _trainer(_model(), algorithm="fedluar", workers=two_workers.addresses)
     with caplog.at_level(logging.WARNING, logger="keras_luar"):
         got = _fit(trainer, rounds=ROUNDS, callbacks=[Arm()]).history
@@ -215,7 +215,7 @@ def test_worker_command_warns_and_listens_on_every_interface():
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not remote._is_ready(f"localhost:{port}", 0.5):
+        while not remote.connection.is_ready(f"localhost:{port}", 0.5):
             assert process.poll() is None and time.monotonic() < deadline
         # The launcher became the worker (exec), so nothing else needs stopping.
         assert psutil.Process(process.pid).name() == "worker_binary"

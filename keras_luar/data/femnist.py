@@ -26,9 +26,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.simulation.datasets import download as tff_download
-from tensorflow_federated.python.simulation.datasets import sql_client_data
 
+from keras_luar._tff_internals import download as tff_download
+from keras_luar._tff_internals import sql_client_data
 from keras_luar.data.cache import data_root, missing_data_error
 from keras_luar.data.digits import FederatedData
 from keras_luar.data.partition import _check_int, _invalid

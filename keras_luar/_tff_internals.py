@@ -1,0 +1,249 @@
+"""The one door to TFF's (and TensorFlow's) private internals.
+
+keras_luar runs TFF's computations in process, sends client calls to TFF
+workers, guards TFF's ``worker_binary`` and reads TFF's data sets with parts
+of TensorFlow Federated that are not public API
+(``tensorflow_federated.python...``), plus one private TensorFlow method. Every
+such import and every use of a private attribute is here, and only here: each
+name says the TFF version it was written against (0.87.0, which pins
+TensorFlow 2.14) and what keras_luar uses it for, so that a TFF upgrade is
+checked in one place.
+
+Importing this module imports TFF (which already imports every module named
+here) and changes nothing; the ``patch_*`` functions change TFF, and only
+`keras_luar._runtime.install` calls them.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import grpc
+import tensorflow_federated as tff
+
+# TFF 0.87.0: the native C++ context's compilation (desugared intrinsics, TFF's static
+# Grappler pass); `InProcessContext(tff_grappler=True)` compiles with it.
+from tensorflow_federated.python.core.backends.native.compiler import (
+    desugar_and_transform_to_native,
+)
+
+# TFF 0.87.0: where TFF runs Grappler on each block; `_runtime` quiets its log lines.
+from tensorflow_federated.python.core.environments.tensorflow_backend import (
+    graph_optimizations as _graph_optimizations,
+)
+
+# TFF 0.87.0: see `replace_intrinsics_with_bodies` below.
+from tensorflow_federated.python.core.environments.tensorflow_backend import (
+    tensorflow_tree_transformations as _tree_transformations,
+)
+
+# TFF 0.87.0: the building-block classes (Call, Lambda, CompiledComputation, ...) that the
+# in-process interpreter walks.
+from tensorflow_federated.python.core.impl.compiler import building_blocks
+
+# TFF 0.87.0: a compiled computation brought to call-dominant form (the in-process compile).
+from tensorflow_federated.python.core.impl.compiler.transformations import to_call_dominant
+
+# TFF 0.87.0: starts the local `worker_binary`; `_runtime` hands it a guarded `Popen`.
+from tensorflow_federated.python.core.impl.executor_stacks import (
+    executor_factory as _executor_factory,
+)
+
+# TFF 0.87.0: the errors a worker call raises when its worker is gone (retried elsewhere).
+from tensorflow_federated.python.core.impl.executors.executors_errors import (
+    RetryableError,
+    RetryableGRPCError,
+)
+
+# TFF 0.87.0: TFF's own client of a worker; the worker pool sends its client calls with it.
+from tensorflow_federated.python.core.impl.executors.remote_executor import RemoteExecutor
+from tensorflow_federated.python.core.impl.executors.remote_executor_grpc_stub import (
+    RemoteExecutorGrpcStub as _RemoteExecutorGrpcStub,
+)
+
+# TFF 0.87.0: a result in the Python containers of its type (what TFF's contexts return).
+from tensorflow_federated.python.core.impl.types.type_conversions import type_to_py_container
+
+# TFF 0.87.0: the feed and fetch tensor names of a TensorFlow block's parameter and result.
+from tensorflow_federated.python.core.impl.utils.tensorflow_utils import (
+    extract_tensor_names_from_binding,
+)
+
+# TFF 0.87.0: `keras_luar.data.femnist` downloads TFF's FEMNIST archive (`download`) and
+# reads its SQLite database (`sql_client_data`) with these.
+from tensorflow_federated.python.simulation.datasets import download, sql_client_data
+
+# TFF 0.87.0: a TensorFlow block's GraphDef out of its `Any` proto field.
+from tensorflow_federated.python.tensorflow_libs.serialization_utils import unpack_graph_def
+
+__all__ = [
+    "RemoteExecutor",
+    "RetryableError",
+    "RetryableGRPCError",
+    "building_blocks",
+    "call_flat",
+    "deadline_stub",
+    "desugar_and_transform_to_native",
+    "download",
+    "extract_tensor_names_from_binding",
+    "make_struct",
+    "patch_executor_subprocess",
+    "patch_grappler",
+    "replace_intrinsics_with_bodies",
+    "run_sync",
+    "silence_service_manager_teardown",
+    "sql_client_data",
+    "to_call_dominant",
+    "type_to_py_container",
+    "unpack_graph_def",
+]
+
+
+# TFF 0.87.0: intrinsics (weighted mean, sum, ...) replaced by `federated_aggregate` over
+# TensorFlow blocks; the in-process backend's default compilation.
+replace_intrinsics_with_bodies = _tree_transformations.replace_intrinsics_with_bodies
+
+
+def call_flat(function: Any, inputs: Sequence[Any]) -> Any:
+    """Calls a `ConcreteFunction` on its flat inputs (TensorFlow 2.14's `_call_flat`).
+
+    Skips the argument canonicalization of a ``ConcreteFunction`` call, which
+    in TF 2.14 formats every input tensor as text (most of the time of a
+    small block). For the in-process backend's blocks and traced rounds.
+
+    Args:
+      function: A concrete function.
+      inputs: Its inputs, flat, without the captured ones.
+
+    Returns:
+      The function's flat outputs (a tensor, a list of them, or None).
+    """
+    return function._call_flat(inputs, function.captured_inputs)
+
+
+def make_struct(names: Sequence[str | None], values: Sequence[Any]) -> tff.structure.Struct:
+    """A `tff.structure.Struct` from names TFF already checked (TFF 0.87.0's private fields).
+
+    Skips ``Struct.__init__``'s checks, for the in-process backend's traced
+    rounds, which rebuild the same structures on every call.
+
+    Args:
+      names: One name (or None) per element.
+      values: The elements.
+
+    Returns:
+      The structure.
+    """
+    struct = object.__new__(tff.structure.Struct)
+    struct._element_array = tuple(values)
+    struct._name_array = list(names)
+    struct._name_to_index = {n: i for i, n in enumerate(names) if n is not None}
+    struct._hash = None
+    struct._elements_cache = None
+    return struct
+
+
+class _Deadline:
+    """A gRPC stub's methods, each called with a deadline and without waiting for a channel."""
+
+    def __init__(self, group: Any, timeout: float | None):
+        self._group = group
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Callable:
+        method = getattr(self._group, name)
+        return lambda request: method(request, timeout=self._timeout, wait_for_ready=False)
+
+
+class _Stub(_RemoteExecutorGrpcStub):
+    """TFF 0.87.0's gRPC stub with a deadline on every call; disposals never raise."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float | None):
+        super().__init__(channel)
+        self._stub = _Deadline(self._stub, timeout)  # TFF 0.87.0's private generated stub
+
+    def dispose(self, request):
+        try:
+            return super().dispose(request)
+        except (grpc.RpcError, RetryableError):
+            return None  # the worker is gone, and its values with it
+
+    def dispose_executor(self, request):
+        try:
+            return super().dispose_executor(request)
+        except (grpc.RpcError, RetryableError):
+            return None
+
+
+def deadline_stub(channel: grpc.Channel, timeout: float | None) -> _RemoteExecutorGrpcStub:
+    """TFF's worker stub on `channel` whose calls fail after `timeout` seconds.
+
+    For the worker pool's `RemoteExecutor`: a worker that stops answering
+    fails the call (DEADLINE_EXCEEDED), which is then sent elsewhere.
+
+    Args:
+      channel: A gRPC channel to a TFF worker.
+      timeout: Seconds per call; None waits forever.
+
+    Returns:
+      A ``RemoteExecutorGrpcStub`` (TFF 0.87.0) whose ``dispose`` calls never raise.
+    """
+    return _Stub(channel, timeout)
+
+
+def run_sync(coroutine: Coroutine) -> Any:
+    """Runs one of `RemoteExecutor`'s coroutines, which never suspend, to its result.
+
+    TFF 0.87.0's ``RemoteExecutor`` blocks inside its ``async`` methods, so
+    no event loop is needed (nor wanted: Jupyter already runs one).
+
+    Args:
+      coroutine: A coroutine of a ``RemoteExecutor`` or of a value it made.
+
+    Returns:
+      The coroutine's result.
+
+    Raises:
+      RuntimeError: When the coroutine suspends after all.
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("A TFF RemoteExecutor call suspended; it was expected to block.")
+
+
+def patch_executor_subprocess(shim: Any) -> None:
+    """Makes TFF 0.87.0's executor factory start its ``worker_binary`` through `shim`.
+
+    Args:
+      shim: Stands in for the `subprocess` module there (its ``Popen`` starts the worker).
+    """
+    _executor_factory.subprocess = shim
+
+
+def patch_grappler(wrapper: type) -> None:
+    """Wraps the `tf_optimizer` of TFF 0.87.0's graph optimizations in `wrapper` (once).
+
+    Args:
+      wrapper: A class whose instances wrap TensorFlow's `tf_optimizer` module.
+    """
+    if not isinstance(_graph_optimizations.tf_optimizer, wrapper):
+        _graph_optimizations.tf_optimizer = wrapper(_graph_optimizations.tf_optimizer)
+
+
+def silence_service_manager_teardown() -> None:
+    """Turns off the ``__del__`` of TFF 0.87.0's worker `ServiceManager` (at exit).
+
+    It may run during interpreter teardown, after module globals were
+    cleared, and then prints a spurious traceback; call this once the workers
+    are stopped. The class is local to a function of TFF's executor factory,
+    so it is found through its instances.
+    """
+    for obj in gc.get_objects():
+        cls = type(obj)
+        if cls.__name__ == "ServiceManager" and cls.__module__ == _executor_factory.__name__:
+            cls.__del__ = lambda self: None
