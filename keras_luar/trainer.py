@@ -343,10 +343,10 @@ class FederatedTrainer:
                 self.config.batch_size,
             )
         if clients.batched and self.config.augmentation is not None:
-            raise invalid(
-                "client_data", "unbatched datasets with `augmentation`, which works on single "
-                "examples", "batched datasets",
-            )  # fmt: skip
+            raise ValueError(
+                "Invalid value for argument `client_data`. `augmentation` works on single "
+                "examples; pass unbatched client datasets. Received: batched datasets"
+            )
         if validation_data is not None:
             validation_data = validation_dataset(validation_data, signature)
         workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")

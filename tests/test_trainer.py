@@ -389,7 +389,7 @@ def test_delta_not_below_candidates_names_them():
 
 
 def test_unknown_algorithm_lists_known_ones():
-    known = r"'fedavg', 'fedluar', 'fedprox', 'fedopt', 'fedpaq', 'fedlama', 'lbgm', 'fedpart'"
+    known = r"'fedavg', 'fedluar', 'fedlama', 'lbgm', 'fedpart', 'fedpaq', 'fedprox', 'fedopt'"
     with pytest.raises(ValueError, match=rf"one of \({known}\).*'fedsgd'"):
         _trainer(algorithm="fedsgd")
 

@@ -13,6 +13,7 @@ does) does not import TensorFlow.
 """
 
 import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 _LAZY = {
     "ALGORITHMS": "keras_luar.algorithms.registry",
@@ -37,6 +38,19 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+if _TYPE_CHECKING:  # for type checkers and the API reference; at run time, `__getattr__`
+    from keras_luar.aggregators.partial import PartialUpdateFactory
+    from keras_luar.algorithms.client_work import build_client_work, build_learning_process
+    from keras_luar.algorithms.fedlama import build_fedlama
+    from keras_luar.algorithms.fedpart import FedPartSchedule, build_fedpart
+    from keras_luar.algorithms.lbgm import build_lbgm
+    from keras_luar.algorithms.local_training import build_local_training
+    from keras_luar.algorithms.registry import ALGORITHMS, register
+    from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+    from keras_luar.algorithms.stateful import StatefulClientProcess, StatefulOutput
+    from keras_luar.algorithms.weighting import SizedClientData, sized_client_data
+    from keras_luar.layer_groups import LayerGroup, layer_groups
 
 
 def __getattr__(name: str):
