@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from keras_luar import layers
 from keras_luar.data.augment import random_crop_flip
-from keras_luar.data.digits import FederatedData
+from keras_luar.data.federated import FederatedData
 from keras_luar.trainer import FederatedTrainer
 
 VOCABULARY_SIZE = 20_000  # AG News word vocabulary, built from the training split

@@ -6,7 +6,8 @@ a ready-to-train `FederatedData` from scikit-learn's bundled digits.
 """
 
 from keras_luar.data.clients import as_client_datasets, check_client_datasets
-from keras_luar.data.digits import FederatedData, load_digits_federated
+from keras_luar.data.digits import load_digits_federated
+from keras_luar.data.federated import FederatedData
 from keras_luar.data.partition import partition_dirichlet, partition_iid
 
 __all__ = [

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from keras_luar.data.cache import data_root, missing_data_error
-from keras_luar.data.digits import FederatedData
+from keras_luar.data.federated import FederatedData
 from keras_luar.data.femnist import _check_bool
 from keras_luar.data.partition import _check_alpha, _check_int, partition_dirichlet
 

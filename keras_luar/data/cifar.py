@@ -43,7 +43,7 @@ import urllib.request
 import numpy as np
 
 from keras_luar.data.cache import data_root, missing_data_error
-from keras_luar.data.digits import FederatedData
+from keras_luar.data.federated import FederatedData
 from keras_luar.data.partition import _check_alpha, _check_int, _invalid, partition_dirichlet
 
 # Bounds every connect and read of a download, so that an offline machine

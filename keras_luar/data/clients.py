@@ -42,7 +42,7 @@ def as_client_datasets(client_data: Any) -> dict[str, tf.data.Dataset]:
       >>> sorted(as_client_datasets((x, y, [np.arange(3), np.arange(3, 6)])))
       ['0', '1']
     """
-    from keras_luar.data.digits import FederatedData
+    from keras_luar.data.federated import FederatedData
 
     if isinstance(client_data, FederatedData):
         datasets = dict(client_data.client_data)

@@ -30,7 +30,7 @@ from tensorflow_federated.python.simulation.datasets import download as tff_down
 from tensorflow_federated.python.simulation.datasets import sql_client_data
 
 from keras_luar.data.cache import data_root, missing_data_error
-from keras_luar.data.digits import FederatedData
+from keras_luar.data.federated import FederatedData
 from keras_luar.data.partition import _check_int, _invalid
 
 FEMNIST_URL = "https://storage.googleapis.com/tff-datasets-public/emnist_all.sqlite.lzma"

@@ -26,7 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar.data.cache import data_root
-from keras_luar.data.digits import FederatedData
+from keras_luar.data.federated import FederatedData
 from keras_luar.data.femnist import _check_bool, _load_tff_splits, _read_client, _tff_database
 from keras_luar.data.partition import _check_int, _invalid
 
