@@ -28,6 +28,10 @@ from keras_luar.data.agnews import load_agnews_federated, load_agnews_vocabulary
 
 __all__ += ["load_agnews_federated", "load_agnews_vocabulary"]
 
-from keras_luar.data.cifar import load_cifar10_federated, load_cifar100_federated  # noqa: E402
+from keras_luar.data.cifar import (  # noqa: E402
+    load_cifar10_federated,
+    load_cifar100_federated,
+    load_cifar_federated,
+)
 
-__all__ += ["load_cifar10_federated", "load_cifar100_federated"]
+__all__ += ["load_cifar10_federated", "load_cifar100_federated", "load_cifar_federated"]
