@@ -42,7 +42,7 @@ import tempfile
 import numpy as np
 
 from keras_luar.data.cache import DataFiles, damaged_file_error, data_root, download_file
-from keras_luar.data.federated import FederatedData
+from keras_luar.data.federated import FederatedData, _concatenate_pairs
 from keras_luar.data.partition import (
     _check_alpha,
     _check_bool,
@@ -183,8 +183,7 @@ def _read_batch(spec: _CifarSpec, path: pathlib.Path) -> tuple[np.ndarray, np.nd
 
 
 def _read_split(spec: _CifarSpec, directory: pathlib.Path, names) -> tuple[np.ndarray, np.ndarray]:
-    parts = [_read_batch(spec, directory / name) for name in names]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return _concatenate_pairs([_read_batch(spec, directory / name) for name in names])
 
 
 def _scale(images: np.ndarray) -> np.ndarray:

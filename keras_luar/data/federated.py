@@ -7,6 +7,7 @@ the numpy arrays they were made from, and a held-out test set no client holds.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -133,6 +134,16 @@ class FederatedData:
         """
         batch_size = _check_int("batch_size", batch_size, 1)
         return tf.data.Dataset.from_tensor_slices(self.test_data).batch(batch_size)
+
+
+def _concatenate_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    empty: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Joins ``(x, y)`` parts into one ``(x, y)``; `empty` if there are no parts."""
+    if not pairs and empty is not None:
+        return empty
+    return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
 
 
 __all__ = ["FederatedData"]
