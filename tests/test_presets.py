@@ -30,7 +30,9 @@ def _one_round(preset, **trainer_kwargs):
     h = history.history
     assert len(h["loss"]) == 1 and math.isfinite(h["loss"][0])
     assert 0.0 <= h["val_accuracy"][0] <= 1.0
-    assert h["upload_params"][0] == preset.settings.clients_per_round * trainer.layout.trainable_size
+    assert (
+        h["upload_params"][0] == preset.settings.clients_per_round * trainer.layout.trainable_size
+    )
     return trainer, history
 
 
@@ -52,7 +54,12 @@ def test_cifar100_wrn28_preset(tmp_path):
     write_cifar(tmp_path, "cifar100")
     preset = presets.cifar100_wrn28(data_dir=tmp_path, download=False, num_clients=2)
     s = preset.settings
-    assert (s.rounds, s.learning_rate, s.decay_rounds, s.weight_decay) == (300, 0.1, (150, 200), 5e-4)
+    assert (s.rounds, s.learning_rate, s.decay_rounds, s.weight_decay) == (
+        300,
+        0.1,
+        (150, 200),
+        5e-4,
+    )
     assert layers.describe_model(preset.model).num_candidates == 29
     # In process: on TFF's runtime this round took about a minute longer (36M weights).
     _one_round(preset, local_steps=1, batch_size=2, backend="tensorflow")
@@ -95,7 +102,9 @@ def test_missing_data_fails_at_once_naming_the_files(tmp_path):
 
 
 def test_cli_run_preset_without_data_says_what_to_download(tmp_path, capsys):
-    code = cli.main(["run", "--preset", "femnist_cnn", "--data-dir", str(tmp_path), "--rounds", "1"])
+    code = cli.main(
+        ["run", "--preset", "femnist_cnn", "--data-dir", str(tmp_path), "--rounds", "1"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "emnist_all.sqlite" in err and str(tmp_path) in err
@@ -124,3 +133,15 @@ def test_cifar_presets_augment_like_the_official_code(tmp_path):
     preset = presets.cifar10_resnet20(data_dir=tmp_path, download=False, num_clients=2)
     assert preset.augmentation is not None
     assert preset.trainer().augmentation is preset.augmentation
+
+
+def test_presets_are_rows_of_one_table():
+    from keras_luar import models
+
+    rows = [presets.CIFAR10_RESNET20, presets.CIFAR100_WRN28, presets.FEMNIST_CNN]
+    rows += [presets.AGNEWS_TEXT, presets.SHAKESPEARE]
+    assert [row.name for row in rows] == list(presets.PRESETS)
+    # A stand-in model gets the paper's δ scaled to its own candidates, within [1, L - 1].
+    model = models.femnist_cnn()  # L = 4
+    assert presets.AGNEWS_TEXT.num_recycled_layers(model) == 3  # round(30 / 40 · 4)
+    assert presets.CIFAR10_RESNET20.num_recycled_layers(model) == 12  # the paper's own
