@@ -233,12 +233,14 @@ def load_agnews_vocabulary(
         nor downloadable, or are damaged.
 
     Examples:
-      >>> from keras_luar.data.cache import MissingDataError
-      >>> try:
-      ...     load_agnews_vocabulary(data_dir="/nonexistent/data", download=False)
-      ... except MissingDataError as err:
-      ...     print(str(err).split(". Expected")[0])
-      AG News is not in the data cache and could not be downloaded (download=False)
+      >>> import pathlib, tempfile
+      >>> with tempfile.TemporaryDirectory() as folder:
+      ...     csv_dir = pathlib.Path(folder) / "ag_news_csv"
+      ...     csv_dir.mkdir()
+      ...     for name in ("train.csv", "test.csv"):
+      ...         _ = (csv_dir / name).write_text('"3","Oil up","Prices rose."\\n')
+      ...     print(load_agnews_vocabulary(data_dir=folder, download=False, vocabulary_size=5))
+      ['', '[UNK]', 'oil', 'prices', 'rose']
     """
     vocabulary_size = _check_int("vocabulary_size", vocabulary_size, 3)
     download = _check_bool("download", download)

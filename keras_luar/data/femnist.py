@@ -174,7 +174,7 @@ def load_femnist_federated(
       ValueError: If an argument is invalid, checked before any file is
         read, or if the split has fewer writers than `num_clients`.
       TypeError: If `data_dir` is not a path.
-      MissingDataError: If the SQLite file is neither in the cache directory
+      MissingDataError: If ``emnist_all.sqlite`` is neither in the cache directory
         nor downloadable, or is damaged.
 
     Examples:

@@ -134,7 +134,7 @@ def load_shakespeare_federated(
       ValueError: If an argument is invalid, checked before any file is
         read, or if fewer roles than `num_clients` have `min_size` sequences.
       TypeError: If `data_dir` is not a path.
-      MissingDataError: If the SQLite file is neither in the cache directory
+      MissingDataError: If ``shakespeare.sqlite`` is neither in the cache directory
         nor downloadable, or is damaged.
 
     Examples:
