@@ -19,8 +19,10 @@ momentum), fresh each round. The CIFAR presets augment training images as the
 official code does (pad 4, random 32×32 crop, random horizontal flip). `keras-luar run --preset NAME` runs a preset
 from the command line.
 
-The presets are the rows of one table (`PresetSpec`: loader, model, settings)
-that `make_preset` turns into a `Preset`.
+Each preset is a row of one table, a `PresetSpec` (loader, model builder,
+settings; `CIFAR10_RESNET20`, `CIFAR100_WRN28`, `FEMNIST_CNN`, `AGNEWS_TEXT`,
+`SHAKESPEARE`), which `make_preset` turns into a `Preset`; a variant is
+``make_preset(dataclasses.replace(row, ...))``.
 
 Where a preset is not the paper's run, it says so:
 
