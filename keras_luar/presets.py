@@ -19,6 +19,11 @@ momentum), fresh each round. The CIFAR presets augment training images as the
 official code does (pad 4, random 32×32 crop, random horizontal flip). `keras-luar run --preset NAME` runs a preset
 from the command line.
 
+Each preset is a row of one table, a `PresetSpec` (loader, model builder,
+settings; `CIFAR10_RESNET20`, `CIFAR100_WRN28`, `FEMNIST_CNN`, `AGNEWS_TEXT`,
+`SHAKESPEARE`), which `make_preset` turns into a `Preset`; a variant is
+``make_preset(dataclasses.replace(row, ...))``.
+
 Where a preset is not the paper's run, it says so:
 
 * AG News: the paper fine-tunes a pretrained DistilBERT (about 40 candidate
@@ -35,14 +40,19 @@ Where a preset is not the paper's run, it says so:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
 
-from keras_luar import layers
-from keras_luar.data.augment import random_crop_flip
-from keras_luar.data.digits import FederatedData
+from keras_luar import layers, models
+from keras_luar.data.agnews import load_agnews_federated
+from keras_luar.data.augment import Augmentation, random_crop_flip
+from keras_luar.data.cifar import load_cifar_federated
+from keras_luar.data.federated import FederatedData
+from keras_luar.data.femnist import load_femnist_federated
+from keras_luar.data.shakespeare import load_shakespeare_federated
 from keras_luar.trainer import FederatedTrainer
 
 VOCABULARY_SIZE = 20_000  # AG News word vocabulary, built from the training split
@@ -175,19 +185,150 @@ class Preset:
         )
 
 
-def _settings(data: FederatedData, **values: Any) -> PaperSettings:
-    values.setdefault("clients_per_round", 32)
-    values["clients_per_round"] = min(values["clients_per_round"], len(data.client_ids))
-    values.setdefault("local_steps", 20)
-    values.setdefault("momentum", 0.9)
-    values.setdefault("decay_factor", 0.1)
-    return PaperSettings(**values)
+@dataclasses.dataclass(frozen=True)
+class PresetSpec:
+    """One row of the benchmark table: where the data and the model come from, and the settings.
+
+    Attributes:
+      name: The preset's name, e.g. ``"cifar10_resnet20"``.
+      load_data: A loader of `keras_luar.data`, called as ``load_data(num_clients,
+        seed=seed, data_dir=data_dir, download=download)``.
+      build_model: Builds the reference model for the loaded data:
+        ``build_model(data, weight_decay)``, called after the seed is set.
+      settings: The paper's hyper-parameters. `make_preset` caps
+        `clients_per_round` at the clients at hand.
+      paper: The paper's results, ``{"FedAvg": (accuracy %, comm), ...}``.
+      augmentation: The official code's training augmentation, or None.
+      paper_candidates: When the model stands in for a larger one of the
+        paper, that model's number of candidates: δ is then scaled to the
+        model's own L, ``round(δ / paper_candidates · L)`` within [1, L - 1].
+
+    Examples:
+      >>> s = CIFAR10_RESNET20.settings
+      >>> s.rounds, s.clients_per_round, s.learning_rate, s.decay_rounds
+      (200, 32, 0.2, (100, 150))
+    """
+
+    name: str
+    load_data: Callable[..., FederatedData]
+    build_model: Callable[[FederatedData, float], tf.keras.Model]
+    settings: PaperSettings
+    paper: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    augmentation: Augmentation | None = None
+    paper_candidates: int | None = None
+
+    def num_recycled_layers(self, model: tf.keras.Model) -> int:
+        """δ for `model`: the paper's, or scaled to its candidates (see `paper_candidates`)."""
+        delta = self.settings.num_recycled_layers
+        if self.paper_candidates is None:
+            return delta
+        num_candidates = layers.describe_model(model).num_candidates
+        return min(
+            max(1, round(delta / self.paper_candidates * num_candidates)), num_candidates - 1
+        )
 
 
-def _build(
-    name, model_fn: Callable[[], tf.keras.Model], data, paper, augmentation=None, **settings
+def _paper(**values: Any) -> PaperSettings:
+    """`PaperSettings` where every benchmark agrees unless `values` say otherwise.
+
+    32 clients per round, each running τ = 20 local SGD steps with momentum 0.9;
+    the learning rate decays by 0.1.
+    """
+    common = {"clients_per_round": 32, "local_steps": 20, "momentum": 0.9, "decay_factor": 0.1}
+    return PaperSettings(**{**common, **values})
+
+
+CIFAR10_RESNET20 = PresetSpec(
+    "cifar10_resnet20",
+    functools.partial(load_cifar_federated, "cifar10", alpha=0.1),
+    lambda data, weight_decay: models.resnet20(data.num_classes, weight_decay),
+    _paper(rounds=200, batch_size=32, learning_rate=0.2, decay_rounds=(100, 150),
+           weight_decay=1e-4, num_recycled_layers=12),
+    {"FedAvg": (61.27, 1.00), "FedLUAR": (60.15, 0.47)},
+    augmentation=random_crop_flip(4),
+)  # fmt: skip
+CIFAR100_WRN28 = PresetSpec(
+    "cifar100_wrn28",
+    functools.partial(load_cifar_federated, "cifar100", alpha=0.1),
+    lambda data, weight_decay: models.wrn28_10(data.num_classes, weight_decay),
+    _paper(rounds=300, batch_size=32, learning_rate=0.1, decay_rounds=(150, 200),
+           weight_decay=5e-4, num_recycled_layers=12),
+    {"FedAvg": (59.88, 1.00), "FedLUAR": (59.73, 0.61)},
+    augmentation=random_crop_flip(4),
+)  # fmt: skip
+FEMNIST_CNN = PresetSpec(
+    "femnist_cnn",
+    load_femnist_federated,
+    lambda data, weight_decay: models.femnist_cnn(data.num_classes, weight_decay),
+    _paper(rounds=200, batch_size=20, learning_rate=0.01, decay_rounds=(100, 150),
+           weight_decay=1e-4, num_recycled_layers=2),
+    {"FedAvg": (71.01, 1.00), "FedLUAR": (73.17, 0.18)},
+)  # fmt: skip
+# δ = 30 of DistilBERT's 40 candidates in the paper, scaled to the small transformer.
+AGNEWS_TEXT = PresetSpec(
+    "agnews_text",
+    functools.partial(load_agnews_federated, alpha=0.5, vocabulary_size=VOCABULARY_SIZE),
+    lambda data, weight_decay: models.text_classifier(
+        VOCABULARY_SIZE, data.input_shape[0], data.num_classes, weight_decay=weight_decay
+    ),
+    _paper(rounds=100, batch_size=128, learning_rate=0.05, decay_rounds=(60, 80),
+           weight_decay=1e-4, num_recycled_layers=30),
+    {"FedAvg": (82.66, 1.00), "FedLUAR": (82.80, 0.17)},
+    paper_candidates=40,
+)  # fmt: skip
+SHAKESPEARE = PresetSpec(
+    "shakespeare",
+    load_shakespeare_federated,
+    lambda data, weight_decay: models.char_rnn(
+        data.num_classes, data.input_shape[0], weight_decay=weight_decay
+    ),
+    _paper(rounds=100, batch_size=10, learning_rate=1.0, momentum=0.0, decay_rounds=(),
+           weight_decay=0.0, num_recycled_layers=2),
+)  # fmt: skip
+
+
+def make_preset(
+    spec: PresetSpec,
+    *,
+    data_dir: Any = None,
+    download: bool = True,
+    num_clients: int | None = 128,
+    seed: int = 0,
 ) -> Preset:
-    return Preset(name, model_fn(), data, _settings(data, **settings), paper, augmentation)
+    """Loads a preset's data and builds its model and settings.
+
+    Args:
+      spec: The row of the table, e.g. `CIFAR10_RESNET20`.
+      data_dir: The data cache (see `keras_luar.data.cache`).
+      download: Whether to try downloading missing data.
+      num_clients: Clients to split the data into (or writers, roles, as the
+        loader takes it; Shakespeare's loader takes None for all roles).
+      seed: Seeds the split and the model's initial weights.
+
+    Returns:
+      The `Preset`; its `clients_per_round` never exceeds the clients loaded.
+
+    Raises:
+      keras_luar.data.cache.MissingDataError: If the data is missing.
+      ValueError: If the loader rejects an argument or cannot make the split.
+
+    Examples:
+      >>> from keras_luar.data.cache import MissingDataError
+      >>> try:
+      ...     make_preset(FEMNIST_CNN, data_dir="/nonexistent/data", download=False)
+      ... except MissingDataError as err:
+      ...     print(str(err).split(". Expected")[0])
+      FEMNIST is not in the data cache and could not be downloaded (download=False)
+    """
+    data = spec.load_data(num_clients, seed=seed, data_dir=data_dir, download=download)
+    tf.keras.utils.set_random_seed(seed)
+    model = spec.build_model(data, spec.settings.weight_decay)
+    settings = dataclasses.replace(
+        spec.settings,
+        clients_per_round=min(spec.settings.clients_per_round, len(data.client_ids)),
+        num_recycled_layers=spec.num_recycled_layers(model),
+    )
+    return Preset(spec.name, model, data, settings, dict(spec.paper), spec.augmentation)
 
 
 def cifar10_resnet20(
@@ -196,31 +337,24 @@ def cifar10_resnet20(
     """CIFAR-10 with ResNet-20: 128 clients, Dirichlet α = 0.1, δ = 12, 200 rounds.
 
     Args:
-      data_dir: The data cache (see `keras_luar.data.cache`).
-      download: Whether to try downloading missing data.
+      data_dir: The data cache holding CIFAR-10 (``cifar-10-batches-py/`` or its archive;
+        see `keras_luar.data.cifar`).
+      download: Whether to try downloading CIFAR-10 when it is missing.
       num_clients: Clients of the Dirichlet split.
       seed: Seeds the split and the model's initial weights.
 
     Returns:
-      The `Preset`.
+      The `Preset` of the `CIFAR10_RESNET20` row (see `make_preset`).
 
     Raises:
-      keras_luar.data.cache.MissingDataError: If the data is missing.
+      keras_luar.data.cache.MissingDataError: If CIFAR-10 is neither in the data
+        cache nor downloadable.
+      ValueError: If an argument is invalid or there are too few images for
+        `num_clients`.
     """
-    from keras_luar.data.cifar import load_cifar10_federated
-    from keras_luar.models import resnet20
-
-    data = load_cifar10_federated(num_clients, 0.1, seed, data_dir=data_dir, download=download)
-    tf.keras.utils.set_random_seed(seed)
-    return _build(
-        "cifar10_resnet20",
-        lambda: resnet20(num_classes=10, weight_decay=1e-4),
-        data,
-        {"FedAvg": (61.27, 1.00), "FedLUAR": (60.15, 0.47)},
-        augmentation=random_crop_flip(4),
-        rounds=200, batch_size=32, learning_rate=0.2, decay_rounds=(100, 150),
-        weight_decay=1e-4, num_recycled_layers=12,
-    )  # fmt: skip
+    return make_preset(
+        CIFAR10_RESNET20, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
+    )
 
 
 def cifar100_wrn28(
@@ -229,31 +363,24 @@ def cifar100_wrn28(
     """CIFAR-100 with WRN-28-10: 128 clients, Dirichlet α = 0.1, δ = 12, 300 rounds.
 
     Args:
-      data_dir: The data cache (see `keras_luar.data.cache`).
-      download: Whether to try downloading missing data.
+      data_dir: The data cache holding CIFAR-100 (``cifar-100-python/`` or its archive;
+        see `keras_luar.data.cifar`).
+      download: Whether to try downloading CIFAR-100 when it is missing.
       num_clients: Clients of the Dirichlet split.
       seed: Seeds the split and the model's initial weights.
 
     Returns:
-      The `Preset`.
+      The `Preset` of the `CIFAR100_WRN28` row (see `make_preset`).
 
     Raises:
-      keras_luar.data.cache.MissingDataError: If the data is missing.
+      keras_luar.data.cache.MissingDataError: If CIFAR-100 is neither in the data
+        cache nor downloadable.
+      ValueError: If an argument is invalid or there are too few images for
+        `num_clients`.
     """
-    from keras_luar.data.cifar import load_cifar100_federated
-    from keras_luar.models import wrn28_10
-
-    data = load_cifar100_federated(num_clients, 0.1, seed, data_dir=data_dir, download=download)
-    tf.keras.utils.set_random_seed(seed)
-    return _build(
-        "cifar100_wrn28",
-        lambda: wrn28_10(num_classes=100, weight_decay=5e-4),
-        data,
-        {"FedAvg": (59.88, 1.00), "FedLUAR": (59.73, 0.61)},
-        augmentation=random_crop_flip(4),
-        rounds=300, batch_size=32, learning_rate=0.1, decay_rounds=(150, 200),
-        weight_decay=5e-4, num_recycled_layers=12,
-    )  # fmt: skip
+    return make_preset(
+        CIFAR100_WRN28, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
+    )
 
 
 def femnist_cnn(
@@ -262,30 +389,24 @@ def femnist_cnn(
     """FEMNIST with the paper's CNN: 128 writers, δ = 2, 200 rounds.
 
     Args:
-      data_dir: The data cache (see `keras_luar.data.cache`).
-      download: Whether to try downloading missing data.
+      data_dir: The data cache holding FEMNIST (TFF's ``emnist_all.sqlite``; see
+        `keras_luar.data.femnist`).
+      download: Whether to try downloading FEMNIST when it is missing.
       num_clients: Writers (clients) to use.
       seed: Seeds the choice of writers and the model's initial weights.
 
     Returns:
-      The `Preset`.
+      The `Preset` of the `FEMNIST_CNN` row (see `make_preset`).
 
     Raises:
-      keras_luar.data.cache.MissingDataError: If the data is missing.
+      keras_luar.data.cache.MissingDataError: If FEMNIST is neither in the data
+        cache nor downloadable.
+      ValueError: If an argument is invalid or there are too few writers for
+        `num_clients`.
     """
-    from keras_luar.data.femnist import load_femnist_federated
-    from keras_luar.models import femnist_cnn as model
-
-    data = load_femnist_federated(num_clients, seed=seed, data_dir=data_dir, download=download)
-    tf.keras.utils.set_random_seed(seed)
-    return _build(
-        "femnist_cnn",
-        lambda: model(num_classes=62, weight_decay=1e-4),
-        data,
-        {"FedAvg": (71.01, 1.00), "FedLUAR": (73.17, 0.18)},
-        rounds=200, batch_size=20, learning_rate=0.01, decay_rounds=(100, 150),
-        weight_decay=1e-4, num_recycled_layers=2,
-    )  # fmt: skip
+    return make_preset(
+        FEMNIST_CNN, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
+    )
 
 
 def agnews_text(
@@ -296,39 +417,24 @@ def agnews_text(
     See the module docstring for how this differs from the paper's DistilBERT run.
 
     Args:
-      data_dir: The data cache (see `keras_luar.data.cache`).
-      download: Whether to try downloading missing data.
+      data_dir: The data cache holding AG News (``ag_news_csv/train.csv`` and ``test.csv``;
+        see `keras_luar.data.agnews`).
+      download: Whether to try downloading AG News when it is missing.
       num_clients: Clients of the Dirichlet split.
       seed: Seeds the split and the model's initial weights.
 
     Returns:
-      The `Preset`.
+      The `Preset` of the `AGNEWS_TEXT` row (see `make_preset`).
 
     Raises:
-      keras_luar.data.cache.MissingDataError: If the data is missing.
+      keras_luar.data.cache.MissingDataError: If AG News is neither in the data
+        cache nor downloadable.
+      ValueError: If an argument is invalid or there are too few rows for
+        `num_clients`.
     """
-    from keras_luar.data.agnews import load_agnews_federated
-    from keras_luar.models import text_classifier
-
-    data = load_agnews_federated(
-        num_clients, 0.5, seed, data_dir=data_dir, download=download,
-        vocabulary_size=VOCABULARY_SIZE,
-    )  # fmt: skip
-    tf.keras.utils.set_random_seed(seed)
-    # The loader's vocabulary has at most `vocabulary_size` ids (0 padding, 1 unknown).
-    model = text_classifier(
-        vocabulary_size=VOCABULARY_SIZE, sequence_length=data.input_shape[0], num_classes=4
+    return make_preset(
+        AGNEWS_TEXT, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
     )
-    num_candidates = layers.describe_model(model).num_candidates
-    delta = min(max(1, round(30 / 40 * num_candidates)), num_candidates - 1)
-    return _build(
-        "agnews_text",
-        lambda: model,
-        data,
-        {"FedAvg": (82.66, 1.00), "FedLUAR": (82.80, 0.17)},
-        rounds=100, batch_size=128, learning_rate=0.05, decay_rounds=(60, 80),
-        weight_decay=1e-4, num_recycled_layers=delta,
-    )  # fmt: skip
 
 
 def shakespeare(
@@ -337,30 +443,24 @@ def shakespeare(
     """Shakespeare next-character prediction with a character LSTM (not in the paper).
 
     Args:
-      data_dir: The data cache (see `keras_luar.data.cache`).
-      download: Whether to try downloading missing data.
+      data_dir: The data cache holding Shakespeare (TFF's ``shakespeare.sqlite``; see
+        `keras_luar.data.shakespeare`).
+      download: Whether to try downloading Shakespeare when it is missing.
       num_clients: Speaking roles to use (None: all).
       seed: Seeds the choice of roles and the model's initial weights.
 
     Returns:
-      The `Preset`.
+      The `Preset` of the `SHAKESPEARE` row (see `make_preset`).
 
     Raises:
-      keras_luar.data.cache.MissingDataError: If the data is missing.
+      keras_luar.data.cache.MissingDataError: If Shakespeare is neither in the data
+        cache nor downloadable.
+      ValueError: If an argument is invalid or there are too few roles for
+        `num_clients`.
     """
-    from keras_luar.data.shakespeare import load_shakespeare_federated
-    from keras_luar.models import char_rnn
-
-    data = load_shakespeare_federated(num_clients, seed=seed, data_dir=data_dir, download=download)
-    tf.keras.utils.set_random_seed(seed)
-    return _build(
-        "shakespeare",
-        lambda: char_rnn(vocabulary_size=data.num_classes, sequence_length=data.input_shape[0]),
-        data,
-        {},
-        rounds=100, batch_size=10, learning_rate=1.0, momentum=0.0, decay_rounds=(),
-        weight_decay=0.0, num_recycled_layers=2,
-    )  # fmt: skip
+    return make_preset(
+        SHAKESPEARE, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
+    )
 
 
 PRESETS: dict[str, Callable[..., Preset]] = {

@@ -333,3 +333,15 @@ def test_bad_arguments_raise_before_any_file_is_read(tmp_path, monkeypatch, name
 def test_bad_data_dir_type_raises_type_error():
     with pytest.raises(TypeError, match="data_dir"):
         cifar.load_cifar10_federated(3, data_dir=3)
+
+
+def test_one_loader_for_both_data_sets(tmp_path):
+    write_cifar(tmp_path, "cifar100")
+    kwargs = {"num_clients": 3, "alpha": 0.5, "min_size": 5, "download": False}
+    direct = cifar.load_cifar_federated("cifar100", data_dir=tmp_path, **kwargs)
+    alias = cifar.load_cifar100_federated(data_dir=tmp_path, **kwargs)
+    assert direct.num_classes == alias.num_classes == 100
+    for cid in alias.client_ids:
+        np.testing.assert_array_equal(direct.client_arrays[cid][0], alias.client_arrays[cid][0])
+    with pytest.raises(ValueError, match=r"argument `dataset`.*dataset='cifar1000'"):
+        cifar.load_cifar_federated("cifar1000", data_dir=tmp_path, **kwargs)

@@ -133,3 +133,15 @@ def test_cifar_presets_augment_like_the_official_code(tmp_path):
     preset = presets.cifar10_resnet20(data_dir=tmp_path, download=False, num_clients=2)
     assert preset.augmentation is not None
     assert preset.trainer().augmentation is preset.augmentation
+
+
+def test_presets_are_rows_of_one_table():
+    from keras_luar import models
+
+    rows = [presets.CIFAR10_RESNET20, presets.CIFAR100_WRN28, presets.FEMNIST_CNN]
+    rows += [presets.AGNEWS_TEXT, presets.SHAKESPEARE]
+    assert [row.name for row in rows] == list(presets.PRESETS)
+    # A stand-in model gets the paper's δ scaled to its own candidates, within [1, L - 1].
+    model = models.femnist_cnn()  # L = 4
+    assert presets.AGNEWS_TEXT.num_recycled_layers(model) == 3  # round(30 / 40 · 4)
+    assert presets.CIFAR10_RESNET20.num_recycled_layers(model) == 12  # the paper's own

@@ -37,7 +37,27 @@ _LAZY = {
     "build_local_training": "keras_luar.algorithms.local_training",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ALGORITHMS",
+    "AlgorithmSpec",
+    "BuildContext",
+    "FedPartSchedule",
+    "LayerGroup",
+    "Option",
+    "PartialUpdateFactory",
+    "SizedClientData",
+    "StatefulClientProcess",
+    "StatefulOutput",
+    "build_client_work",
+    "build_fedlama",
+    "build_fedpart",
+    "build_lbgm",
+    "build_learning_process",
+    "build_local_training",
+    "layer_groups",
+    "register",
+    "sized_client_data",
+]
 
 if _TYPE_CHECKING:  # for type checkers and the API reference; at run time, `__getattr__`
     from keras_luar.aggregators.partial import PartialUpdateFactory

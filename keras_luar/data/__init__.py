@@ -6,7 +6,8 @@ a ready-to-train `FederatedData` from scikit-learn's bundled digits.
 """
 
 from keras_luar.data.clients import as_client_datasets, check_client_datasets
-from keras_luar.data.digits import FederatedData, load_digits_federated
+from keras_luar.data.digits import load_digits_federated
+from keras_luar.data.federated import FederatedData
 from keras_luar.data.partition import partition_dirichlet, partition_iid
 
 __all__ = [
@@ -27,6 +28,10 @@ from keras_luar.data.agnews import load_agnews_federated, load_agnews_vocabulary
 
 __all__ += ["load_agnews_federated", "load_agnews_vocabulary"]
 
-from keras_luar.data.cifar import load_cifar10_federated, load_cifar100_federated  # noqa: E402
+from keras_luar.data.cifar import (  # noqa: E402
+    load_cifar10_federated,
+    load_cifar100_federated,
+    load_cifar_federated,
+)
 
-__all__ += ["load_cifar10_federated", "load_cifar100_federated"]
+__all__ += ["load_cifar10_federated", "load_cifar100_federated", "load_cifar_federated"]

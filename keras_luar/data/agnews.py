@@ -32,16 +32,13 @@ import csv
 import os
 import pathlib
 import re
-import tempfile
-import urllib.request
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from keras_luar.data.cache import data_root, missing_data_error
-from keras_luar.data.digits import FederatedData
-from keras_luar.data.femnist import _check_bool
-from keras_luar.data.partition import _check_alpha, _check_int, partition_dirichlet
+from keras_luar.data.cache import DataFiles, damaged_file_error, data_root, download_file
+from keras_luar.data.federated import FederatedData
+from keras_luar.data.partition import _check_alpha, _check_bool, _check_int, partition_dirichlet
 
 AGNEWS_DIR = "ag_news_csv"
 AGNEWS_FILES = ("train.csv", "test.csv")
@@ -172,13 +169,12 @@ def read_agnews_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     with path.open(newline="", encoding="utf-8", errors="replace") as f:
         for row in csv.reader(f):
             if len(row) != 3 or row[0] not in ("1", "2", "3", "4"):
-                raise missing_data_error(
+                raise damaged_file_error(
                     "AG News",
-                    path.parent,
-                    [path.name],
-                    "Delete the file and load again, or put the original file there.",
+                    path,
                     f"{path.name} line {len(labels) + 1} is not "
                     f'"class index 1-4","title","description": {row!r:.200}',
+                    "Delete the file and load again, or put the original file there.",
                 )
             labels.append(int(row[0]) - 1)
             texts.append(f"{row[1]} {row[2]}")
@@ -186,46 +182,30 @@ def read_agnews_csv(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
 
 def _download(url: str, path: pathlib.Path) -> None:
-    """Downloads `url` to `path`; a partial download never takes the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=".download-", dir=path.parent)
-    try:
-        with (
-            os.fdopen(handle, "wb") as out,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-        ):
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(scratch, path)
-    finally:
-        if os.path.exists(scratch):
-            os.remove(scratch)
+    """Downloads `url` to `path` (see `download_file`)."""
+    download_file(url, path, timeout=DOWNLOAD_TIMEOUT_S)
 
 
 def _agnews_files(root: pathlib.Path, *, download: bool) -> dict[str, pathlib.Path]:
     """Returns the paths of the two CSV files in `root`, downloading missing ones if allowed."""
     directory = root / AGNEWS_DIR
-    paths = {name: directory / name for name in AGNEWS_FILES}
-    missing = [name for name, path in paths.items() if not path.is_file()]
-    if not missing:
-        return paths
-    expected = [f"{AGNEWS_DIR}/{name}" for name in AGNEWS_FILES]
     curls = "; ".join(f"curl -fL -o {directory / n} {AGNEWS_URLS[n]}" for n in AGNEWS_FILES)
-    how_to_get = (
+    files = DataFiles(
+        "AG News",
+        root,
+        [f"{AGNEWS_DIR}/{name}" for name in AGNEWS_FILES],
         f"Download {' and '.join(AGNEWS_URLS.values())} (e.g. `mkdir -p {directory}; {curls}`), "
         "or extract train.csv and test.csv from the ag_news_csv archive of Zhang et al.'s "
         "text classification data sets (e.g. https://s3.amazonaws.com/fast-ai-nlp/"
         "ag_news_csv.tgz), or call this loader with download=True where the network is "
-        "reachable."
+        "reachable.",
     )
-    if not download:
-        raise missing_data_error("AG News", root, expected, how_to_get, "download=False")
-    for name in missing:
-        try:
-            _download(AGNEWS_URLS[name], paths[name])
-        except Exception as exc:  # whatever went wrong, the data is not there
-            reason = f"downloading {AGNEWS_URLS[name]} failed: {type(exc).__name__}: {exc}"
-            raise missing_data_error("AG News", root, expected, how_to_get, reason) from exc
+    paths = {name: directory / name for name in AGNEWS_FILES}
+    for name, path in paths.items():
+        if not path.is_file():
+            url = AGNEWS_URLS[name]
+            # `fetch` calls the lambda at once, so it sees this iteration's names.
+            files.fetch(url, lambda: _download(url, path), download=download)  # noqa: B023
     return paths
 
 
@@ -253,12 +233,14 @@ def load_agnews_vocabulary(
         nor downloadable, or are damaged.
 
     Examples:
-      >>> from keras_luar.data.cache import MissingDataError
-      >>> try:
-      ...     load_agnews_vocabulary(data_dir="/nonexistent/data", download=False)
-      ... except MissingDataError as err:
-      ...     print(str(err).split(". Expected")[0])
-      AG News is not in the data cache and could not be downloaded (download=False)
+      >>> import pathlib, tempfile
+      >>> with tempfile.TemporaryDirectory() as folder:
+      ...     csv_dir = pathlib.Path(folder) / "ag_news_csv"
+      ...     csv_dir.mkdir()
+      ...     for name in ("train.csv", "test.csv"):
+      ...         _ = (csv_dir / name).write_text('"3","Oil up","Prices rose."\\n')
+      ...     print(load_agnews_vocabulary(data_dir=folder, download=False, vocabulary_size=5))
+      ['', '[UNK]', 'oil', 'prices', 'rose']
     """
     vocabulary_size = _check_int("vocabulary_size", vocabulary_size, 3)
     download = _check_bool("download", download)

@@ -6,13 +6,21 @@ environment variable, else ``~/.keras_luar/data``. A loader that finds neither
 its files there nor a way to download them fails at once with
 `MissingDataError`, which names the files expected, where to put them and how to
 get them.
+
+`DataFiles` and `download_file` are what the loaders share: finding their files
+here, downloading what is missing (never leaving a partial file under the final
+name) and turning any failure into that error.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import pathlib
-from collections.abc import Sequence
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
 
 ENV_VAR = "KERAS_LUAR_DATA"
 DEFAULT_DIR = pathlib.Path("~/.keras_luar/data")
@@ -82,3 +90,136 @@ def missing_data_error(
         f"{message}. Expected: {files}. Put the files there (the directory is the "
         f"`data_dir` argument, else ${ENV_VAR}, else {DEFAULT_DIR}). {how_to_get}"
     )
+
+
+def damaged_file_error(
+    dataset: str,
+    path: pathlib.Path,
+    reason: str,
+    how_to_fix: str,
+    *,
+    root: pathlib.Path | None = None,
+) -> MissingDataError:
+    """Builds the error a loader raises when a file is there but cannot be read.
+
+    Args:
+      dataset: The data set's name, e.g. ``"CIFAR-10"``.
+      path: The damaged file.
+      reason: What is wrong with it.
+      how_to_fix: One or more sentences on replacing it.
+      root: The directory the message names (default: the file's own); the
+        file is named relative to it.
+
+    Returns:
+      A `MissingDataError` to raise.
+
+    Examples:
+      >>> path = pathlib.Path("/data/toy/a.bin")
+      >>> err = damaged_file_error("Toy", path, "a.bin is empty", "Delete it.")
+      >>> print(str(err).split(". Expected")[0])
+      Toy is not in the data cache and could not be downloaded (a.bin is empty)
+    """
+    root = path.parent if root is None else root
+    return missing_data_error(
+        dataset, root, [path.relative_to(root).as_posix()], how_to_fix, reason
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFiles:
+    """The files a loader needs in the cache directory, and how to get them.
+
+    Attributes:
+      dataset: The data set's name, e.g. ``"CIFAR-10"``.
+      root: The cache directory (see `data_root`).
+      expected: The paths, relative to `root`, the loader needs.
+      how_to_get: One or more sentences (URLs, commands) on obtaining the files,
+        ending the error's message.
+
+    Examples:
+      >>> files = DataFiles("Toy", pathlib.Path("/nonexistent"), ("toy/a.bin",), "Copy it.")
+      >>> files.present()
+      False
+      >>> try:
+      ...     files.fetch("https://example.invalid/a.bin", lambda: None, download=False)
+      ... except MissingDataError as err:
+      ...     print(str(err).split(". Expected")[0])
+      Toy is not in the data cache and could not be downloaded (download=False)
+    """
+
+    dataset: str
+    root: pathlib.Path
+    expected: Sequence[str]
+    how_to_get: str
+
+    def present(self) -> bool:
+        """Whether every expected file is in the cache directory."""
+        return all((self.root / name).is_file() for name in self.expected)
+
+    def missing(self, reason: str | None = None) -> MissingDataError:
+        """The error naming the expected files and how to get them (see `missing_data_error`)."""
+        return missing_data_error(self.dataset, self.root, self.expected, self.how_to_get, reason)
+
+    def fetch(self, url: str, get: Callable[[], object], *, download: bool) -> None:
+        """Calls `get`, which downloads `url`, if downloading is allowed.
+
+        Args:
+          url: What `get` downloads, for the message.
+          get: Downloads `url` into the cache directory.
+          download: The loader's ``download`` argument.
+
+        Raises:
+          MissingDataError: If `download` is False, or `get` raised (whatever
+            went wrong, the data is not there); the message gives the reason.
+        """
+        if not download:
+            raise self.missing("download=False")
+        try:
+            get()
+        except Exception as exc:
+            raise self.missing(f"downloading {url} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def download_file(url: str, path: pathlib.Path, md5: str | None = None, *, timeout: float) -> None:
+    """Downloads `url` to `path`; a partial download never takes the final name.
+
+    The data go to a scratch file next to `path`, which is renamed to `path`
+    once complete (and checked), and removed otherwise.
+
+    Args:
+      url: The source (``https://``, or ``file://`` in tests).
+      path: Where the file goes; its directory is created if needed.
+      md5: The file's expected MD5 hex digest, or None not to check it.
+      timeout: Seconds that every connect and read may take, so that an
+        offline machine fails in seconds instead of hanging.
+
+    Raises:
+      OSError: If the file has another MD5; the download's own errors
+        (`urllib.error.URLError`, `TimeoutError`, ...) pass through.
+
+    Examples:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as folder:
+      ...     source = pathlib.Path(folder) / "source.txt"
+      ...     _ = source.write_text("data")
+      ...     download_file(source.as_uri(), pathlib.Path(folder) / "copy.txt", timeout=1.0)
+      ...     print((pathlib.Path(folder) / "copy.txt").read_text())
+      data
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=".download-", dir=path.parent)
+    try:
+        digest = hashlib.md5()
+        with (
+            os.fdopen(handle, "wb") as out,
+            urllib.request.urlopen(url, timeout=timeout) as response,
+        ):
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if md5 is not None and digest.hexdigest() != md5:
+            raise OSError(f"the file has MD5 {digest.hexdigest()}, expected {md5}")
+        os.replace(scratch, path)
+    finally:
+        if os.path.exists(scratch):
+            os.remove(scratch)

@@ -1,6 +1,6 @@
 """CIFAR-10 and CIFAR-100, split across clients with the paper's Dirichlet partition.
 
-Both loaders read the "python version" archives of the University of Toronto
+`load_cifar_federated` reads the "python version" archives of the University of Toronto
 (https://www.cs.toronto.edu/~kriz/cifar.html), extracted in the cache directory
 `keras_luar.data.cache.data_root`:
 
@@ -31,20 +31,25 @@ every round reproducibly.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import os
 import pathlib
 import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 
 import numpy as np
 
-from keras_luar.data.cache import data_root, missing_data_error
-from keras_luar.data.digits import FederatedData
-from keras_luar.data.partition import _check_alpha, _check_int, _invalid, partition_dirichlet
+from keras_luar.data.cache import DataFiles, damaged_file_error, data_root, download_file
+from keras_luar.data.federated import FederatedData, _concatenate_pairs
+from keras_luar.data.partition import (
+    _check_alpha,
+    _check_bool,
+    _check_int,
+    _invalid,
+    partition_dirichlet,
+)
 
 # Bounds every connect and read of a download, so that an offline machine
 # fails in seconds instead of hanging.
@@ -94,31 +99,12 @@ CIFAR100 = _CifarSpec(
 )
 
 
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _invalid(name, "True or False", f"{name}={value!r}")
-    return value
+CIFAR = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 
 
 def _download(url: str, path: pathlib.Path, md5: str) -> None:
-    """Downloads `url` to `path` and checks its MD5; a partial file never takes the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=".download-", dir=path.parent)
-    try:
-        digest = hashlib.md5()
-        with (
-            os.fdopen(handle, "wb") as out,
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-        ):
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            raise OSError(f"the file has MD5 {digest.hexdigest()}, expected {md5}")
-        os.replace(scratch, path)
-    finally:
-        if os.path.exists(scratch):
-            os.remove(scratch)
+    """Downloads `url` to `path` and checks its MD5 (see `download_file`)."""
+    download_file(url, path, md5, timeout=DOWNLOAD_TIMEOUT_S)
 
 
 def _extract(archive: pathlib.Path, root: pathlib.Path, spec: _CifarSpec) -> None:
@@ -145,36 +131,28 @@ def _extract(archive: pathlib.Path, root: pathlib.Path, spec: _CifarSpec) -> Non
 
 def _cifar_directory(spec: _CifarSpec, root: pathlib.Path, *, download: bool) -> pathlib.Path:
     """Returns the extracted directory in `root`, extracting or downloading it if needed."""
-    directory = root / spec.directory
-    expected = [f"{spec.directory}/{name}" for name in spec.files]
-    if all((directory / name).is_file() for name in spec.files):
-        return directory
     archive = root / spec.archive
-    how_to_get = (
+    files = DataFiles(
+        spec.name,
+        root,
+        [f"{spec.directory}/{name}" for name in spec.files],
         f"Either put the archive {archive} there (it is extracted on first use), or "
         f"download and extract it yourself: `mkdir -p {root} && curl -fL {spec.url} | "
         f"tar -xz -C {root}`; or call this loader with download=True where the network "
-        "is reachable."
+        "is reachable.",
     )
-
-    def missing(reason: str):
-        return missing_data_error(spec.name, root, expected, how_to_get, reason)
-
+    if files.present():
+        return root / spec.directory
     if not archive.is_file():
-        if not download:
-            raise missing("download=False")
-        try:
-            _download(spec.url, archive, spec.md5)
-        except Exception as exc:  # whatever went wrong, the data is not there
-            raise missing(f"downloading {spec.url} failed: {type(exc).__name__}: {exc}") from exc
+        files.fetch(spec.url, lambda: _download(spec.url, archive, spec.md5), download=download)
     try:
         _extract(archive, root, spec)
     except (OSError, EOFError, tarfile.TarError) as exc:
-        raise missing(
+        raise files.missing(
             f"{archive} could not be extracted ({type(exc).__name__}: {exc}); delete it "
             "to download it again"
         ) from exc
-    return directory
+    return root / spec.directory
 
 
 def _read_batch(spec: _CifarSpec, path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -191,13 +169,13 @@ def _read_batch(spec: _CifarSpec, path: pathlib.Path) -> tuple[np.ndarray, np.nd
         if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
             raise ValueError(f"labels outside [0, {spec.num_classes})")
     except Exception as exc:  # any damage means the cache must be refreshed
-        raise missing_data_error(
+        raise damaged_file_error(
             spec.name,
-            path.parent.parent,
-            [f"{path.parent.name}/{path.name}"],
-            f"Delete {path.parent} and load again to extract or download it afresh.",
+            path,
             f"{path.name} is there but is not a {spec.name} python-version batch: "
             f"{type(exc).__name__}: {exc}",
+            f"Delete {path.parent} and load again to extract or download it afresh.",
+            root=path.parent.parent,
         ) from exc
     # Rows are channel-major (R, G, B planes); models take height, width, channel.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -205,8 +183,7 @@ def _read_batch(spec: _CifarSpec, path: pathlib.Path) -> tuple[np.ndarray, np.nd
 
 
 def _read_split(spec: _CifarSpec, directory: pathlib.Path, names) -> tuple[np.ndarray, np.ndarray]:
-    parts = [_read_batch(spec, directory / name) for name in names]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return _concatenate_pairs([_read_batch(spec, directory / name) for name in names])
 
 
 def _scale(images: np.ndarray) -> np.ndarray:
@@ -231,16 +208,71 @@ def _pixel_statistics(x: np.ndarray, chunk: int = 5000) -> tuple[np.ndarray, np.
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _load_cifar(
-    spec: _CifarSpec,
-    num_clients: object,
-    alpha: object,
-    seed: object,
-    data_dir: str | os.PathLike | None,
-    download: object,
-    min_size: object,
-    normalize: object,
+def load_cifar_federated(
+    dataset: str,
+    num_clients: int = 128,
+    alpha: float = 0.1,
+    seed: int = 0,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    min_size: int = 10,
+    normalize: bool = True,
 ) -> FederatedData:
+    """Loads CIFAR-10 or CIFAR-100 and splits its training images across clients.
+
+    `load_cifar10_federated` and `load_cifar100_federated` are this function
+    with `dataset` given.
+
+    The 50,000 training images are partitioned with `partition_dirichlet`
+    into clients ``"client_000"``, ...; the 10,000 test images form
+    ``test_data``. x is float32 of shape ``(32, 32, 3)``, standardized as the
+    module docstring describes; y is the int32 class: 0-9 for CIFAR-10, the
+    fine class 0-99 for CIFAR-100. No augmentation is applied (the official
+    code pads, crops and flips; see the module docstring).
+
+    Args:
+      dataset: ``"cifar10"`` or ``"cifar100"``.
+      num_clients: Number of clients, >= 1 (the paper uses 128).
+      alpha: Dirichlet concentration of the label split, > 0 (the paper uses 0.1).
+      seed: Seed of the client partition.
+      data_dir: Cache directory; see `keras_luar.data.cache.data_root`.
+      download: Whether to download the archive (``cifar-10-python.tar.gz``
+        or ``cifar-100-python.tar.gz``, with a `DOWNLOAD_TIMEOUT_S` timeout)
+        when neither the extracted directory nor the archive is in the cache
+        directory.
+      min_size: Smallest number of training images per client; see
+        `partition_dirichlet`.
+      normalize: Standardize with the training split's per-pixel mean and
+        standard deviation (the official preprocessing); if False, x is only
+        scaled to [0, 1].
+
+    Returns:
+      A `FederatedData` with `num_clients` clients and 10 or 100 classes.
+
+    Raises:
+      ValueError: If an argument is invalid, checked before any file is read,
+        or if the partition fails (see `partition_dirichlet`).
+      TypeError: If `data_dir` is not a path.
+      MissingDataError: If the files are neither in the cache directory nor
+        downloadable, or are damaged.
+
+    Examples:
+      >>> from keras_luar.data.cache import MissingDataError
+      >>> for load in (load_cifar10_federated, load_cifar100_federated):
+      ...     try:
+      ...         load(4, data_dir="/nonexistent/data", download=False)
+      ...     except MissingDataError as err:
+      ...         print(str(err).split(". Expected")[0])
+      CIFAR-10 is not in the data cache and could not be downloaded (download=False)
+      CIFAR-100 is not in the data cache and could not be downloaded (download=False)
+
+    References:
+      Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
+    """
+    if not isinstance(dataset, str) or dataset not in CIFAR:
+        raise _invalid("dataset", f"one of {sorted(CIFAR)}", f"dataset={dataset!r}")
+    spec = CIFAR[dataset]
     num_clients = _check_int("num_clients", num_clients, 1)
     alpha = _check_alpha(alpha)
     seed = _check_int("seed", seed, 0)
@@ -269,115 +301,8 @@ def _load_cifar(
     )
 
 
-def load_cifar10_federated(
-    num_clients: int = 128,
-    alpha: float = 0.1,
-    seed: int = 0,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    min_size: int = 10,
-    normalize: bool = True,
-) -> FederatedData:
-    """Loads CIFAR-10 and splits its training images across clients.
+load_cifar10_federated = functools.partial(load_cifar_federated, "cifar10")
+"""CIFAR-10 (10 classes): `load_cifar_federated` with ``dataset="cifar10"``."""
 
-    The 50,000 training images are partitioned with `partition_dirichlet`
-    into clients ``"client_000"``, ...; the 10,000 test images form
-    ``test_data``. x is float32 of shape ``(32, 32, 3)``, standardized as the
-    module docstring describes; y is the int32 class, 0-9. No augmentation is
-    applied (the official code pads, crops and flips; see the module
-    docstring).
-
-    Args:
-      num_clients: Number of clients, >= 1 (the paper uses 128).
-      alpha: Dirichlet concentration of the label split, > 0 (the paper uses 0.1).
-      seed: Seed of the client partition.
-      data_dir: Cache directory; see `keras_luar.data.cache.data_root`.
-      download: Whether to download ``cifar-10-python.tar.gz`` (with a
-        `DOWNLOAD_TIMEOUT_S` timeout) when neither the extracted directory nor
-        the archive is in the cache directory.
-      min_size: Smallest number of training images per client; see
-        `partition_dirichlet`.
-      normalize: Standardize with the training split's per-pixel mean and
-        standard deviation (the official preprocessing); if False, x is only
-        scaled to [0, 1].
-
-    Returns:
-      A `FederatedData` with `num_clients` clients and 10 classes.
-
-    Raises:
-      ValueError: If an argument is invalid, checked before any file is read,
-        or if the partition fails (see `partition_dirichlet`).
-      TypeError: If `data_dir` is not a path.
-      MissingDataError: If the files are neither in the cache directory nor
-        downloadable, or are damaged.
-
-    Examples:
-      >>> from keras_luar.data.cache import MissingDataError
-      >>> try:
-      ...     load_cifar10_federated(4, data_dir="/nonexistent/data", download=False)
-      ... except MissingDataError as err:
-      ...     print(str(err).split(". Expected")[0])
-      CIFAR-10 is not in the data cache and could not be downloaded (download=False)
-
-    References:
-      Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
-    """
-    return _load_cifar(CIFAR10, num_clients, alpha, seed, data_dir, download, min_size, normalize)
-
-
-def load_cifar100_federated(
-    num_clients: int = 128,
-    alpha: float = 0.1,
-    seed: int = 0,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    min_size: int = 10,
-    normalize: bool = True,
-) -> FederatedData:
-    """Loads CIFAR-100 (fine labels) and splits its training images across clients.
-
-    The 50,000 training images are partitioned with `partition_dirichlet`
-    into clients ``"client_000"``, ...; the 10,000 test images form
-    ``test_data``. x is float32 of shape ``(32, 32, 3)``, standardized as the
-    module docstring describes; y is the int32 fine class, 0-99. No
-    augmentation is applied (the official code pads, crops and flips; see the
-    module docstring).
-
-    Args:
-      num_clients: Number of clients, >= 1 (the paper uses 128).
-      alpha: Dirichlet concentration of the label split, > 0 (the paper uses 0.1).
-      seed: Seed of the client partition.
-      data_dir: Cache directory; see `keras_luar.data.cache.data_root`.
-      download: Whether to download ``cifar-100-python.tar.gz`` (with a
-        `DOWNLOAD_TIMEOUT_S` timeout) when neither the extracted directory nor
-        the archive is in the cache directory.
-      min_size: Smallest number of training images per client; see
-        `partition_dirichlet`.
-      normalize: Standardize with the training split's per-pixel mean and
-        standard deviation (the official preprocessing); if False, x is only
-        scaled to [0, 1].
-
-    Returns:
-      A `FederatedData` with `num_clients` clients and 100 classes.
-
-    Raises:
-      ValueError: If an argument is invalid, checked before any file is read,
-        or if the partition fails (see `partition_dirichlet`).
-      TypeError: If `data_dir` is not a path.
-      MissingDataError: If the files are neither in the cache directory nor
-        downloadable, or are damaged.
-
-    Examples:
-      >>> from keras_luar.data.cache import MissingDataError
-      >>> try:
-      ...     load_cifar100_federated(4, data_dir="/nonexistent/data", download=False)
-      ... except MissingDataError as err:
-      ...     print(str(err).split(". Expected")[0])
-      CIFAR-100 is not in the data cache and could not be downloaded (download=False)
-
-    References:
-      Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
-    """
-    return _load_cifar(CIFAR100, num_clients, alpha, seed, data_dir, download, min_size, normalize)
+load_cifar100_federated = functools.partial(load_cifar_federated, "cifar100")
+"""CIFAR-100 (100 fine classes): `load_cifar_federated` with ``dataset="cifar100"``."""

@@ -11,7 +11,8 @@ at 1.0 and the ink near 0.0. LEAF's JSON files, which the official FedLUAR code
 reads, hold the same values (grey levels divided by 255, not inverted), and the
 paper's CNN takes them without normalization, so no transformation is applied.
 
-The download helper below is shared with `keras_luar.data.shakespeare`.
+The helpers below for TFF's SQLite files (download, splits, clients, the draw of
+clients) are shared with `keras_luar.data.shakespeare`.
 """
 
 from __future__ import annotations
@@ -29,20 +30,14 @@ import tensorflow_federated as tff
 
 from keras_luar._tff_internals import download as tff_download
 from keras_luar._tff_internals import sql_client_data
-from keras_luar.data.cache import data_root, missing_data_error
-from keras_luar.data.digits import FederatedData
-from keras_luar.data.partition import _check_int, _invalid
+from keras_luar.data.cache import DataFiles, damaged_file_error, data_root
+from keras_luar.data.federated import FederatedData, _concatenate_pairs
+from keras_luar.data.partition import _check_bool, _check_int, _invalid
 
 FEMNIST_URL = "https://storage.googleapis.com/tff-datasets-public/emnist_all.sqlite.lzma"
 # TFF's downloader calls urlopen without a timeout, so a stalled connection would
 # block forever; this bounds every connect and read while it runs.
 DOWNLOAD_TIMEOUT_S = 30.0
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _invalid(name, "True or False", f"{name}={value!r}")
-    return value
 
 
 def _tff_database(dataset: str, url: str, root: pathlib.Path, *, download: bool) -> pathlib.Path:
@@ -56,32 +51,34 @@ def _tff_database(dataset: str, url: str, root: pathlib.Path, *, download: bool)
     archive = tff_download.url_basename(url)
     filename = archive.removesuffix(".lzma")
     path = root / filename
-    if path.is_file():
-        return path
-    how_to_get = (
+    files = DataFiles(
+        dataset,
+        root,
+        [filename],
         f"Download {url} and decompress it into that directory (`unlzma {archive}` or "
         f"`xz -d {archive}`), copy {filename} from TFF's own cache (~/.tff) if TFF "
         "already fetched it, or call this loader with download=True where the network "
-        "is reachable."
+        "is reachable.",
     )
-    if not download:
-        raise missing_data_error(dataset, root, [filename], how_to_get, "download=False")
+    if not files.present():
+        files.fetch(url, lambda: _fetch_tff_database(url, path), download=download)
+    return path
+
+
+def _fetch_tff_database(url: str, path: pathlib.Path) -> None:
+    """Downloads and decompresses `url` with TFF's downloader, into `path` once complete."""
     previous_timeout = socket.getdefaulttimeout()
     scratch = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        scratch = tempfile.mkdtemp(prefix=".download-", dir=root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".download-", dir=path.parent)
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         fetched = tff_download.get_compressed_file(origin=url, cache_dir=scratch)
         os.replace(fetched, path)
-    except Exception as exc:  # whatever went wrong, the data is not there
-        reason = f"downloading {url} failed: {type(exc).__name__}: {exc}"
-        raise missing_data_error(dataset, root, [filename], how_to_get, reason) from exc
     finally:
         socket.setdefaulttimeout(previous_timeout)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return path
 
 
 def _load_tff_splits(dataset: str, path: pathlib.Path, load_fn):
@@ -89,12 +86,11 @@ def _load_tff_splits(dataset: str, path: pathlib.Path, load_fn):
     try:
         return load_fn(cache_dir=str(path.parent))
     except (sqlite3.DatabaseError, sql_client_data.DatabaseFormatError) as exc:
-        raise missing_data_error(
+        raise damaged_file_error(
             dataset,
-            path.parent,
-            [path.name],
-            "Delete the file and load again to download it afresh.",
+            path,
             f"{path.name} is there but is not TFF's SQLite database: {exc}",
+            "Delete the file and load again to download it afresh.",
         ) from exc
 
 
@@ -106,6 +102,20 @@ def _read_client(client_data, client_id: str) -> dict[str, np.ndarray]:
         spec = dataset.element_spec
         return {key: np.zeros([0, *s.shape], s.dtype.as_numpy_dtype) for key, s in spec.items()}
     return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+
+def _draw(ids: list[str], num_clients: int, seed: int, available: str) -> list[str]:
+    """Draws `num_clients` of `ids` without replacement by `seed`, in the order of `ids`.
+
+    Raises ValueError naming `num_clients` if there are fewer `ids`, which
+    `available` describes (``"writers of the train split"``).
+    """
+    if num_clients > len(ids):
+        raise _invalid(
+            "num_clients", f"at most the {len(ids)} {available}", f"num_clients={num_clients}"
+        )
+    picked = np.random.default_rng(seed).choice(len(ids), size=num_clients, replace=False)
+    return [ids[i] for i in sorted(picked)]
 
 
 def _writer_arrays(client_data, writer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +174,7 @@ def load_femnist_federated(
       ValueError: If an argument is invalid, checked before any file is
         read, or if the split has fewer writers than `num_clients`.
       TypeError: If `data_dir` is not a path.
-      MissingDataError: If the SQLite file is neither in the cache directory
+      MissingDataError: If ``emnist_all.sqlite`` is neither in the cache directory
         nor downloadable, or is damaged.
 
     Examples:
@@ -200,15 +210,7 @@ def load_femnist_federated(
             only_digits=only_digits, cache_dir=cache_dir
         ),
     )
-    writers = sorted(train.client_ids)
-    if num_clients > len(writers):
-        raise _invalid(
-            "num_clients",
-            f"at most the {len(writers)} writers of the train split",
-            f"num_clients={num_clients}",
-        )
-    picked = np.random.default_rng(seed).choice(len(writers), size=num_clients, replace=False)
-    chosen = [writers[i] for i in sorted(picked)]
+    chosen = _draw(sorted(train.client_ids), num_clients, seed, "writers of the train split")
 
     train_arrays = {w: _writer_arrays(train, w) for w in chosen}
     # One dataset per writer, shared by the windows that contain it, so that
@@ -219,20 +221,16 @@ def load_femnist_federated(
     for i in range(num_clients):
         window = [chosen[(i + j) % num_clients] for j in range(writers_per_client)]
         cid = chosen[i] if writers_per_client == 1 else f"client_{i:0{width}d}"
-        client_arrays[cid] = tuple(
-            np.concatenate([train_arrays[w][part] for w in window]) for part in (0, 1)
-        )
+        client_arrays[cid] = _concatenate_pairs([train_arrays[w] for w in window])
         dataset = writer_datasets[window[0]]
         for w in window[1:]:
             dataset = dataset.concatenate(writer_datasets[w])
         client_data[cid] = dataset
 
-    test_parts = [_writer_arrays(test, w) for w in chosen]
-    test_data = tuple(np.concatenate([p[part] for p in test_parts]) for part in (0, 1))
     return FederatedData(
         client_data=client_data,
         client_arrays=client_arrays,
-        test_data=test_data,
+        test_data=_concatenate_pairs([_writer_arrays(test, w) for w in chosen]),
         num_classes=10 if only_digits else 62,
         input_shape=(28, 28, 1),
     )

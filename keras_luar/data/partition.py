@@ -37,6 +37,12 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid(name, "True or False", f"{name}={value!r}")
+    return value
+
+
 def _check_alpha(alpha: object) -> float:
     if (
         isinstance(alpha, bool)

@@ -22,13 +22,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar.data.cache import data_root
-from keras_luar.data.digits import FederatedData
-from keras_luar.data.femnist import _check_bool, _load_tff_splits, _read_client, _tff_database
-from keras_luar.data.partition import _check_int, _invalid
+from keras_luar.data.federated import FederatedData, _concatenate_pairs
+from keras_luar.data.femnist import _draw, _load_tff_splits, _read_client, _tff_database
+from keras_luar.data.partition import _check_bool, _check_int
 
 SHAKESPEARE_URL = "https://storage.googleapis.com/tff-datasets-public/shakespeare.sqlite.lzma"
 
@@ -85,10 +84,12 @@ def encode_snippet(
 
 def _encode_role(snippets: np.ndarray, sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
     pairs = [encode_snippet(s, sequence_length) for s in snippets]
-    if not pairs:
-        empty = np.zeros([0, sequence_length], np.int32)
-        return empty, empty.copy()
-    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    return _concatenate_pairs(pairs, _no_sequences(sequence_length))
+
+
+def _no_sequences(sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
+    empty = np.zeros([0, sequence_length], np.int32)
+    return empty, empty.copy()
 
 
 def load_shakespeare_federated(
@@ -133,7 +134,7 @@ def load_shakespeare_federated(
       ValueError: If an argument is invalid, checked before any file is
         read, or if fewer roles than `num_clients` have `min_size` sequences.
       TypeError: If `data_dir` is not a path.
-      MissingDataError: If the SQLite file is neither in the cache directory
+      MissingDataError: If ``shakespeare.sqlite`` is neither in the cache directory
         nor downloadable, or is damaged.
 
     Examples:
@@ -168,35 +169,18 @@ def load_shakespeare_federated(
     }
     roles = [role for role, (x, _) in encoded.items() if len(x) >= min_size]
     if num_clients is not None:
-        if num_clients > len(roles):
-            raise _invalid(
-                "num_clients",
-                f"at most the {len(roles)} roles with at least min_size={min_size} "
-                "training sequences",
-                f"num_clients={num_clients}",
-            )
-        picked = np.random.default_rng(seed).choice(len(roles), size=num_clients, replace=False)
-        roles = [roles[i] for i in sorted(picked)]
+        available = f"roles with at least min_size={min_size} training sequences"
+        roles = _draw(roles, num_clients, seed, available)
 
-    client_arrays = {role: encoded[role] for role in roles}
-    client_data = {
-        role: tf.data.Dataset.from_tensor_slices(arrays) for role, arrays in client_arrays.items()
-    }
     test_roles = set(test.client_ids)
     test_parts = [
         _encode_role(_read_client(test, role)["snippets"], sequence_length)
         for role in roles
         if role in test_roles
     ]
-    empty = np.zeros([0, sequence_length], np.int32)
-    test_data = (
-        np.concatenate([p[0] for p in test_parts] or [empty]),
-        np.concatenate([p[1] for p in test_parts] or [empty]),
-    )
-    return FederatedData(
-        client_data=client_data,
-        client_arrays=client_arrays,
-        test_data=test_data,
-        num_classes=VOCAB_SIZE,
-        input_shape=(sequence_length,),
+    return FederatedData.from_client_arrays(
+        {role: encoded[role] for role in roles},
+        _concatenate_pairs(test_parts, _no_sequences(sequence_length)),
+        VOCAB_SIZE,
+        (sequence_length,),
     )

@@ -1,4 +1,4 @@
-"""Argument checks and the weight-decay regularizer shared by the reference models."""
+"""What the reference models share: argument checks, the weight-decay regularizer, the logits."""
 
 from __future__ import annotations
 
@@ -59,14 +59,52 @@ def check_image_shape(value: Any, channels: int) -> tuple[int | None, int | None
     return tuple(value)
 
 
-def l2(weight_decay: float) -> tf.keras.regularizers.Regularizer | None:
+def check_bool(name: str, value: Any) -> bool:
+    """Returns `value`, or raises TypeError naming the argument if it is not a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"Invalid value for argument `{name}`. Expected a bool. Received: {name}={value!r}"
+        )
+    return value
+
+
+def l2(weight_decay: Any) -> tf.keras.regularizers.Regularizer | None:
     """Keras L2 regularizer for `weight_decay`; None for 0, so that no zero losses are added.
 
     The official FedLUAR code applies weight decay through Keras regularizers:
     its local step adds ``model.losses`` to the loss, as TFF's
     `from_keras_model` does. Keras's L2 adds ``weight_decay * sum(w**2)``.
+    `weight_decay` is checked first (`check_weight_decay`).
     """
+    weight_decay = check_weight_decay(weight_decay)
     return tf.keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
 
 
-__all__ = ["check_image_shape", "check_int", "check_rate", "check_weight_decay", "l2"]
+def logits_model(
+    inputs: tf.Tensor, features: tf.Tensor, units: int, name: str, **dense_options: Any
+) -> tf.keras.Model:
+    """Ends a reference model: a Dense layer ``"logits"`` of `units` on `features`.
+
+    Args:
+      inputs: The model's `tf.keras.Input`.
+      features: The last hidden tensor.
+      units: Number of logits.
+      name: The model's name.
+      **dense_options: More `tf.keras.layers.Dense` arguments (regularizers).
+
+    Returns:
+      The uncompiled functional model from `inputs` to the logits (no activation).
+    """
+    logits = tf.keras.layers.Dense(units, name="logits", **dense_options)(features)
+    return tf.keras.Model(inputs, logits, name=name)
+
+
+__all__ = [
+    "check_bool",
+    "check_image_shape",
+    "check_int",
+    "check_rate",
+    "check_weight_decay",
+    "l2",
+    "logits_model",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_luar.models._common import check_int, check_weight_decay, l2
+from keras_luar.models._common import check_int, l2, logits_model
 
 
 def femnist_cnn(num_classes: int = 62, weight_decay: float = 1e-4) -> tf.keras.Model:
@@ -48,7 +48,7 @@ def femnist_cnn(num_classes: int = 62, weight_decay: float = 1e-4) -> tf.keras.M
       Communication-Efficient Federated Learning", 2025.
     """
     num_classes = check_int("num_classes", num_classes, 1)
-    reg = l2(check_weight_decay(weight_decay))
+    reg = l2(weight_decay)
     layers = tf.keras.layers
     x_in = tf.keras.Input((28, 28, 1), name="input")
     x = layers.Conv2D(
@@ -61,5 +61,4 @@ def femnist_cnn(num_classes: int = 62, weight_decay: float = 1e-4) -> tf.keras.M
     x = layers.MaxPooling2D(2, strides=2, name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(2048, activation="relu", kernel_regularizer=reg, name="dense")(x)
-    y = layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
-    return tf.keras.Model(x_in, y, name="femnist_cnn")
+    return logits_model(x_in, x, num_classes, "femnist_cnn", kernel_regularizer=reg)

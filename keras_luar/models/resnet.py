@@ -29,6 +29,7 @@ from keras_luar.models._common import (
     check_rate,
     check_weight_decay,
     l2,
+    logits_model,
 )
 
 
@@ -97,8 +98,7 @@ def _residual_network(
                 prefix=f"stage{stage}_block{b}",
             )
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    y = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=reg, name="logits")(x)
-    return tf.keras.Model(x_in, y, name=name)
+    return logits_model(x_in, x, num_classes, name, kernel_regularizer=reg, bias_regularizer=reg)
 
 
 def resnet20(

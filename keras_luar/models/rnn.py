@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_luar.models._common import check_int, check_weight_decay, l2
+from keras_luar.models._common import check_bool, check_int, l2, logits_model
 
 # TFF's Shakespeare preprocessing: 86 characters plus pad (0), out-of-vocabulary,
 # beginning- and end-of-snippet ids.
@@ -79,12 +79,8 @@ def char_rnn(
     embed_dim = check_int("embed_dim", embed_dim, 1)
     units = check_int("units", units, 1)
     num_layers = check_int("num_layers", num_layers, 1)
-    if not isinstance(mask_zero, bool):
-        raise TypeError(
-            "Invalid value for argument `mask_zero`. Expected a bool. "
-            f"Received: mask_zero={mask_zero!r}"
-        )
-    reg = l2(check_weight_decay(weight_decay))
+    mask_zero = check_bool("mask_zero", mask_zero)
+    reg = l2(weight_decay)
 
     layers = tf.keras.layers
     chars = tf.keras.Input((sequence_length,), dtype=tf.int32, name="chars")
@@ -98,5 +94,4 @@ def char_rnn(
             recurrent_regularizer=reg,
             name=f"lstm{i}",
         )(x)
-    y = layers.Dense(vocabulary_size, kernel_regularizer=reg, name="logits")(x)
-    return tf.keras.Model(chars, y, name="char_rnn")
+    return logits_model(chars, x, vocabulary_size, "char_rnn", kernel_regularizer=reg)

@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_luar.models._common import check_int, check_rate, check_weight_decay, l2
+from keras_luar.models._common import check_int, check_rate, l2, logits_model
 
 
 @tf.keras.utils.register_keras_serializable(package="keras_luar")
@@ -138,7 +138,7 @@ def text_classifier(
     ff_dim = check_int("ff_dim", ff_dim, 1)
     num_blocks = check_int("num_blocks", num_blocks, 1)
     dropout = check_rate("dropout", dropout)
-    reg = l2(check_weight_decay(weight_decay))
+    reg = l2(weight_decay)
     if embed_dim % num_heads:
         raise ValueError(
             "Invalid value for argument `num_heads`. Expected a divisor of "
@@ -166,5 +166,4 @@ def text_classifier(
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     x = layers.Dense(ff_dim, activation="relu", kernel_regularizer=reg, name="head")(x)
-    y = layers.Dense(num_classes, name="logits")(x)
-    return tf.keras.Model(tokens, y, name="text_classifier")
+    return logits_model(tokens, x, num_classes, "text_classifier")

@@ -82,7 +82,7 @@ def as_clients(client_data: Any) -> Clients:
       ValueError: For no clients, a client that is neither a dataset nor arrays,
         or bad partitions.
     """
-    from keras_luar.data.digits import FederatedData
+    from keras_luar.data.federated import FederatedData
 
     arrays = None
     if isinstance(client_data, FederatedData):
