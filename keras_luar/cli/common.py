@@ -1,0 +1,146 @@
+"""What the `keras-luar` commands share: argument types, the digits options, method names."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from keras_luar import _cli_defaults as defaults
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, received {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, received {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, received {text}")
+    return value
+
+
+def _add_common(parser, *, seeds: bool) -> None:
+    setup = defaults.DIGITS_SETUP
+    parser.add_argument(
+        "--rounds", type=_positive_int, default=setup["rounds"], help="federated rounds"
+    )
+    parser.add_argument(
+        "--num-clients", type=_positive_int, default=setup["num_clients"], help="clients in total"
+    )
+    parser.add_argument(
+        "--clients-per-round",
+        type=_positive_int,
+        default=setup["clients_per_round"],
+        help="clients sampled per round",
+    )
+    parser.add_argument(
+        "--num-recycled-layers",
+        "--delta",
+        type=_non_negative_int,
+        default=2,
+        help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates); "
+        "for run: given, it also stacks LUAR on the methods that take it",
+    )
+    parser.add_argument("--alpha", type=_positive_float, default=setup["alpha"], help="Dirichlet α")
+    parser.add_argument(
+        "--local-steps", type=_positive_int, default=setup["local_steps"], help="τ, local steps"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=setup["batch_size"], help="local batch size"
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=setup["learning_rate"],
+        help="local SGD learning rate (momentum 0.9)",
+    )
+    if seeds:
+        parser.add_argument(
+            "--seeds",
+            type=_non_negative_int,
+            nargs="+",
+            default=[0],
+            help="one run per seed; the summary gives mean ± std",
+        )
+    else:
+        parser.add_argument(
+            "--seed", type=_non_negative_int, default=0, help="seed of everything random"
+        )
+
+
+def _setup_from(args):
+    from keras_luar.quickstart import DigitsSetup
+
+    return DigitsSetup(
+        rounds=args.rounds,
+        num_clients=args.num_clients,
+        clients_per_round=args.clients_per_round,
+        alpha=args.alpha,
+        local_steps=args.local_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
+
+
+def _check_clients(args) -> bool:
+    if args.clients_per_round > args.num_clients:
+        print(
+            f"error: --clients-per-round ({args.clients_per_round}) must not exceed "
+            f"--num-clients ({args.num_clients})",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _delta_given(args: argparse.Namespace) -> bool:
+    return "--num-recycled-layers" in args.given or "--delta" in args.given
+
+
+def _method_spec(text: str) -> str:
+    """Checks a --methods value's name and ``+luar`` (its options are checked when it runs)."""
+    head = text.strip().partition(":")[0]
+    name, plus, suffix = (part.strip() for part in head.lower().partition("+"))
+    if name not in _algorithms():
+        raise argparse.ArgumentTypeError(
+            f"expected name[+luar][:key=value,...] with a name among "
+            f"{', '.join(_algorithms())}; received {text!r}"
+        )
+    if plus and suffix != "luar":
+        raise argparse.ArgumentTypeError(
+            f"expected nothing or +luar after the method name; received {text!r}"
+        )
+    if plus and name not in _luar_compatible():
+        raise argparse.ArgumentTypeError(
+            f"expected +luar only on {', '.join(_luar_compatible())}; received {text!r}"
+        )
+    return text
+
+
+def _algorithms() -> tuple[str, ...]:
+    """Every registered method, without importing TensorFlow (the registry's names)."""
+    from keras_luar.algorithms import registry
+
+    return registry.names()
+
+
+def _luar_compatible() -> tuple[str, ...]:
+    """The methods LUAR stacks on: the built-ins' from a TF-free copy, others' from their spec."""
+    from keras_luar.algorithms import registry
+
+    extra = [
+        n
+        for n in registry.names()
+        if n not in registry.BUILTIN and registry.get(n).luar == "optional"
+    ]
+    return (*defaults.LUAR_COMPATIBLE, *extra)
