@@ -19,7 +19,7 @@ from keras_luar import backends, layers
 from keras_luar._keras_compat import check_metrics, is_sparse_loss, is_subclassed, loss_factory
 from keras_luar._validation import check_choice, check_int, invalid
 from keras_luar.training import console
-from keras_luar.training.checkpoint import RoundCheckpoint
+from keras_luar.training.checkpoint import RoundCheckpoint, run_fingerprint
 from keras_luar.training.client_data import (
     CACHE_MODES,
     RoundInputs,
@@ -116,20 +116,10 @@ class FederatedTrainer:
         scaling and suits recent GPUs; float16 runs without loss scaling here
         (TFF's optimizers have none), so tiny gradients may underflow. The
         global model, the aggregation and the server stay float32.
-      **algorithm_options: The chosen algorithm's options: ``proximal_strength``
-        (FedProx μ, default 0.001); ``quantization_levels`` (FedPAQ s, default
-        16), ``requantize_aggregate`` (None: quantize the aggregate again at the
-        server with LUAR on top, as the official FedPAQ + LUAR code does, and
-        not without) and ``quantize_statistics`` (default True: clients send
-        the quantized change of their BatchNorm statistics, as the official
-        FedPAQ does); ``aggregation_interval`` and ``fedavg_rounds`` (FedLAMA
-        φ = 2 and its 8 FedAvg warm-up rounds); ``lbgm_threshold``,
-        ``error_feedback``, ``lbgm_variant`` (LBGM: the official per-tensor
-        method, threshold 0.2 by default, or the FedLUAR paper's
-        ``"paper"`` baseline, 0.95) and ``server_momentum`` (LBGM's official
-        heavy-ball server step uses 0.9; default 0, FedAvg's step);
-        ``warmup_rounds``, ``rounds_per_group``, ``full_rounds_between_cycles``
-        and ``groups`` (FedPart).
+      **algorithm_options: The method's own options, e.g. ``proximal_strength``
+        for FedProx; each method's `AlgorithmSpec` lists them with defaults
+        (`keras_luar.algorithms.ALGORITHMS[name].options`, and
+        ``docs/methods.md``), and an option the method does not take raises.
 
     Raises:
       TypeError: For a model TFF cannot wrap (subclassed), bad argument types
@@ -393,7 +383,7 @@ class FederatedTrainer:
         if checkpoint_dir is not None:
             checkpoint = RoundCheckpoint(
                 checkpoint_dir,
-                self._fingerprint(len(clients.ids), clients_per_round),
+                run_fingerprint(self.config, self._layout, len(clients.ids), clients_per_round),
                 [v.name for v in self._layout.trainable],
             )
         self._record = RunRecord({v.name: 0.0 for v in self._layout.trainable})
@@ -427,26 +417,6 @@ class FederatedTrainer:
           What `model.evaluate` returns.
         """
         return self.model.evaluate(validation_dataset(data, self.signature()), **kwargs)
-
-    def _fingerprint(self, num_clients: int, clients_per_round: int) -> dict:
-        config = self.config
-        return {
-            "algorithm": config.algorithm,
-            "algorithm_options": dict(config.options),
-            "client_weighting": config.client_weighting,
-            "bn_statistics": config.bn_statistics,
-            "augmentation": getattr(config.augmentation, "__qualname__", None),
-            "mixed_precision": config.mixed_precision,
-            "num_recycled_layers": config.num_recycled_layers,
-            "seed": config.seed,
-            "local_steps": config.local_steps,
-            "batch_size": config.batch,
-            "num_clients": num_clients,
-            "clients_per_round": clients_per_round,
-            # By structure, not by Keras's automatic names (which change when the same
-            # architecture is built again in one process).
-            "variables": [[list(v.shape), v.dtype] for v in self._layout.trainable],
-        }
 
 
 def _check_model(model: Any) -> None:

@@ -181,3 +181,27 @@ class RoundCheckpoint:
 
 def _shape(entry: Any) -> str:
     return "missing" if entry is None else f"{entry[0]} {entry[1]}"
+
+
+def run_fingerprint(config: Any, layout: Any, num_clients: int, clients_per_round: int) -> dict:
+    """What a checkpoint must match to be resumed: the run's settings and model structure.
+
+    The variables are compared by position, shape and dtype, not by Keras's
+    automatic names (which change when the same architecture is built again in
+    one process).
+    """
+    return {
+        "algorithm": config.algorithm,
+        "algorithm_options": dict(config.options),
+        "client_weighting": config.client_weighting,
+        "bn_statistics": config.bn_statistics,
+        "augmentation": getattr(config.augmentation, "__qualname__", None),
+        "mixed_precision": config.mixed_precision,
+        "num_recycled_layers": config.num_recycled_layers,
+        "seed": config.seed,
+        "local_steps": config.local_steps,
+        "batch_size": config.batch,
+        "num_clients": num_clients,
+        "clients_per_round": clients_per_round,
+        "variables": [[list(v.shape), v.dtype] for v in layout.trainable],
+    }
