@@ -136,3 +136,18 @@ def check_aggregation_types(owner: str, value_type: Any, weight_type: Any) -> tu
             f"Received: weight_type={weight_type}"
         )
     return value_type, weight_type
+
+
+def check_built_model(model: Any) -> Any:
+    """Returns `model` if it is a built `tf.keras.Model`; raises naming the argument otherwise."""
+    import tensorflow as tf
+
+    if not isinstance(model, tf.keras.Model):
+        raise invalid("model", "a tf.keras.Model", type(model).__name__, TypeError)
+    if not model.built:
+        raise invalid(
+            "model",
+            "a built model (give it an Input layer or call it once on data)",
+            f"an unbuilt {type(model).__name__}",
+        )
+    return model

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_luar._keras_compat import inbound_layers, is_functional, output_layers
+from keras_luar._validation import check_built_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +89,7 @@ def layer_groups(
       Wang et al., "Why Go Full? Elevating Federated Learning Through Partial
       Network Updates", NeurIPS 2024.
     """
-    if not isinstance(model, tf.keras.Model):
-        raise TypeError(
-            "Invalid value for argument `model`. Expected a tf.keras.Model. "
-            f"Received: model={type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(
-            "Invalid value for argument `model`. Expected a built model (give it an Input "
-            f"layer or call it once on data). Received: an unbuilt {type(model).__name__}"
-        )
+    check_built_model(model)
     variables = list(model.trainable_variables)
     if not variables:
         raise ValueError(

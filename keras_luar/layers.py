@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_luar._types import BnStatistics
-from keras_luar._validation import check_bn_statistics
+from keras_luar._validation import check_bn_statistics, check_built_model
 
 Role = Literal["candidate", "always_sent", "averaged", "local"]
 
@@ -219,17 +219,7 @@ def describe_model(
       ('dense/kernel',)
     """
     check_bn_statistics(bn_statistics)
-    if not isinstance(model, tf.keras.Model):
-        raise TypeError(
-            "Invalid value for argument `model`. Expected a tf.keras.Model. "
-            f"Received: model={type(model).__name__}"
-        )
-    if not model.built:
-        raise ValueError(
-            "Invalid value for argument `model`. Expected a built model (give it an "
-            "Input layer or call it once on data). Received: an unbuilt "
-            f"{type(model).__name__}"
-        )
+    check_built_model(model)
     trainable = list(model.trainable_variables)
     non_trainable = list(model.non_trainable_variables)
     names = [_variable_name(v) for v in trainable + non_trainable]

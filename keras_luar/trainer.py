@@ -347,27 +347,15 @@ class FederatedTrainer:
                     clients, client_data_cache, in_process=in_process, directory=workdir
                 )
             return self._run(
-                clients,
-                rounds,
-                clients_per_round,
-                validation_data,
-                callbacks,
-                verbose,
-                checkpoint_dir,
-            )
+                clients, rounds=rounds, clients_per_round=clients_per_round,
+                validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                checkpoint_dir=checkpoint_dir,
+            )  # fmt: skip
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run(
-        self,
-        clients,
-        rounds,
-        clients_per_round,
-        validation_data,
-        callbacks,
-        verbose,
-        checkpoint_dir,
-    ):
+    def _run(self, clients, *, rounds, clients_per_round, validation_data, callbacks, verbose,
+             checkpoint_dir):  # fmt: skip
         config = self.config
         inputs = RoundInputs(
             clients, local_steps=config.local_steps, batch_size=config.batch, seed=config.seed,

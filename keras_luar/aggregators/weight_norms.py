@@ -20,6 +20,7 @@ import tensorflow_federated as tff
 
 from keras_luar import _runtime, layers, scoring
 from keras_luar.aggregators.luar import LuarState
+from keras_luar.algorithms.stateful import with_next
 
 
 def _luar_state_types(type_spec, path=()):
@@ -117,11 +118,4 @@ def with_global_weight_norms(
     def next_fn(state, data):
         return process.next(tff.federated_map(write_norms, state), data)
 
-    return tff.learning.templates.LearningProcess(
-        process.initialize,
-        next_fn,
-        process.get_model_weights,
-        process.set_model_weights,
-        get_hparams_fn=process.get_hparams,
-        set_hparams_fn=process.set_hparams,
-    )
+    return with_next(process, next_fn)

@@ -36,6 +36,7 @@ from keras_luar.algorithms.local_training import (
     model_types,
     zeros_if,
 )
+from keras_luar.algorithms.stateful import with_next
 from keras_luar.algorithms.weighting import (
     client_data_type,
     client_weight,
@@ -416,11 +417,4 @@ def _with_averaged_statistics(process):
             tff.federated_map(adopt, output.state), output.metrics
         )
 
-    return tff.learning.templates.LearningProcess(
-        process.initialize,
-        next_fn,
-        process.get_model_weights,
-        process.set_model_weights,
-        get_hparams_fn=process.get_hparams,
-        set_hparams_fn=process.set_hparams,
-    )
+    return with_next(process, next_fn)

@@ -149,3 +149,15 @@ def _field_accessors(state_type, field: str):
 def trainable_sizes(weights_type: Any) -> Sequence[int]:
     """Number of scalars of each trainable variable of a `ModelWeights` TFF type."""
     return [int(np.prod(t.shape)) for t in weights_type.trainable]
+
+
+def with_next(process: Any, next_fn: Any) -> Any:
+    """`process` (a TFF `LearningProcess`) with `next_fn` in place of its `next`."""
+    return tff.learning.templates.LearningProcess(
+        process.initialize,
+        next_fn,
+        process.get_model_weights,
+        process.set_model_weights,
+        get_hparams_fn=process.get_hparams,
+        set_hparams_fn=process.set_hparams,
+    )
