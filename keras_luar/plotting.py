@@ -105,15 +105,40 @@ def _runs(value: HistoryLike | Sequence[HistoryLike]) -> list[Mapping[str, Seque
 
 
 def _metric_label(metric: str) -> str:
-    name = metric.removeprefix("val_")
-    words = ("validation " if metric.startswith("val_") else "") + name.replace("_", " ")
+    # `val_` entries come from `fit(validation_data=...)`, which is a validation split in
+    # some runs and the test split in others (the comparisons); "held-out" is true of both.
+    name = metric.removeprefix("val_").replace("_", " ")
+    words = f"held-out {name}" if metric.startswith("val_") else name
     return words[:1].upper() + words[1:]
+
+
+def _palette(n: int) -> list:
+    """`n` colours: tab10's ten hues; past ten, tab20's dark shades before its light ones."""
+    import seaborn as sns
+
+    if n <= 10:
+        return sns.color_palette("tab10", n_colors=n)
+    # tab20 in its own order pairs each hue with its light shade (blue, light blue, ...),
+    # so neighbouring methods would get two shades of one hue.
+    tab20 = sns.color_palette("tab20", n_colors=20)
+    ordered = tab20[0::2] + tab20[1::2]
+    return [ordered[k % len(ordered)] for k in range(n)]
+
+
+def _line_colours(names: Sequence[str]) -> list:
+    """One colour per method; ``X+LUAR`` takes the colour of ``X`` (its line is dashed)."""
+    # A label may carry options after the name: "FedPAQ+LUAR (quantization_levels=16)".
+    bases = [name.replace("+LUAR", "", 1) for name in names]
+    unique = list(dict.fromkeys(bases))
+    colour_of = dict(zip(unique, _palette(len(unique)), strict=True))
+    return [colour_of[base] for base in bases]
 
 
 def plot_accuracy_vs_communication(
     histories: Mapping[str, HistoryLike | Sequence[HistoryLike]],
     *,
     metric: str = "val_accuracy",
+    ylabel: str | None = None,
     ax: Any = None,
 ) -> Any:
     """Plots `metric` against the upload spent so far, one line per method.
@@ -125,10 +150,19 @@ def plot_accuracy_vs_communication(
     and of the metric, and a shaded band spans the metric's mean ± std (numpy's
     population std, as in the comparison table).
 
+    Each method has its own colour, except that a method with LUAR on top
+    (a name with ``+LUAR``, such as ``"FedProx+LUAR"``) is drawn dashed in the
+    colour of the method under it (``"FedProx"``). The legend sits beside the
+    axes, off the curves.
+
     Args:
       histories: Maps a method name to a History (or its ``.history`` dict), or
         to a list of them, one per seed.
       metric: The per-round History entry on the y axis.
+      ylabel: The y axis label. None derives it from `metric`: ``val_accuracy``
+        becomes "Held-out accuracy", since ``val_`` entries are measured on
+        whatever `fit` got as ``validation_data`` (a validation or a test split).
+        Pass "Test accuracy" when that is what it was.
       ax: A matplotlib Axes to draw on; by default a new figure with seaborn's
         ``whitegrid`` style.
 
@@ -148,6 +182,8 @@ def plot_accuracy_vs_communication(
     ...                 "upload_bytes": [400.0, 200.0]}})
     >>> len(fig.axes[0].get_lines())
     2
+    >>> fig.axes[0].get_ylabel()
+    'Held-out accuracy'
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -182,28 +218,30 @@ def plot_accuracy_vs_communication(
         curves.append((name, x, y.mean(axis=0), y.std(axis=0), len(runs)))
 
     with sns.axes_style("whitegrid"):
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(7, 4.5))
+        new_figure = ax is None
+        if new_figure:
+            fig, ax = plt.subplots(figsize=(8, 4.5))
         else:
             fig = ax.figure
-        # Ten distinct colours at most in the default palette; beyond that tab20.
-        palette = "tab10" if len(curves) <= 10 else "tab20"
-        colors = sns.color_palette(palette, n_colors=len(curves))
-        for (name, x, mean, std, num_runs), color in zip(curves, colors, strict=True):
+        colours = _line_colours([name for name, *_ in curves])
+        for (name, x, mean, std, num_runs), colour in zip(curves, colours, strict=True):
             # One Line2D per method (the final round marked on it), so the legend and
-            # the line count match the methods. Methods with LUAR on top are dashed.
+            # the line count match the methods.
             style = "--" if "+LUAR" in name else "-"
             ax.plot(
-                x, mean, style, color=color, label=name, marker="o", markevery=[-1], linewidth=1.6
+                x, mean, style, color=colour, label=name, marker="o", markevery=[-1], linewidth=1.6
             )
             if num_runs > 1:
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-        ylabel = _metric_label(metric)
+                ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        ylabel = _metric_label(metric) if ylabel is None else ylabel
         ax.set_xlabel("Cumulative upload (fraction of FedAvg's total)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel} vs. communication")
         ax.set_xlim(left=0)
-        ax.legend(loc="lower right")
+        # Outside the axes: inside, with many methods, it would cover the curves.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        if new_figure:  # a given Axes belongs to the caller's layout
+            fig.tight_layout()
     return fig
 
 
@@ -286,9 +324,7 @@ def plot_aggregation_counts(
             fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) * len(tables) + 2), 4.2))
         else:
             fig = ax.figure
-        # As in plot_accuracy_vs_communication: ten distinct colours, then tab20.
-        palette = "tab10" if len(tables) <= 10 else "tab20"
-        colors = sns.color_palette(palette, n_colors=len(tables))
+        colors = _palette(len(tables))
         for k, ((method, table), color) in enumerate(zip(tables.items(), colors, strict=True)):
             offset = (k - (len(tables) - 1) / 2) * width
             ax.bar(x + offset, [table[n] for n in names], width, label=method, color=color)

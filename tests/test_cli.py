@@ -50,7 +50,7 @@ def test_run_writes_history_files_and_resumes(tmp_path, capsys):
     assert cli.main([*args, "--history-csv", str(csv_path), "--history-json", str(json_path)]) == 0
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["round"] for r in rows] == ["1", "2"]
+    assert [r["round"] for r in rows] == ["0", "1"]  # 0-based, like CSVLogger's `epoch`
     assert rows[0]["recycled_layers"] == "" and len(rows[1]["recycled_layers"].split()) == 2
     history = json.loads(json_path.read_text())["history"]
     assert len(history["comm_cost"]) == 2 and history["comm_cost"][0] == 1.0

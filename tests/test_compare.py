@@ -341,7 +341,7 @@ def test_plot_one_line_per_method_with_hand_computed_x():
             ys = vertices[np.isclose(vertices[:, 0], x), 1]
             np.testing.assert_allclose([ys.min(), ys.max()], [low, high])
         assert ax.get_xlabel() == "Cumulative upload (fraction of FedAvg's total)"
-        assert ax.get_ylabel() == "Validation accuracy"
+        assert ax.get_ylabel() == "Held-out accuracy"  # val_ is whatever was held out
         assert "communication" in ax.get_title()
     finally:
         plt.close(fig)
@@ -352,7 +352,7 @@ def test_plot_on_given_axes_and_errors():
     try:
         loss = {**PARTIAL, "val_loss": [2.0, 1.0, 0.5, 0.4]}
         assert plot_accuracy_vs_communication({"A": loss}, metric="val_loss", ax=ax) is fig
-        assert ax.get_ylabel() == "Validation loss"
+        assert ax.get_ylabel() == "Held-out loss"
         with pytest.raises(ValueError, match="metric='val_auc'"):
             plot_accuracy_vs_communication({"A": PARTIAL}, metric="val_auc", ax=ax)
         short = {k: v[:3] for k, v in PARTIAL.items()}

@@ -1,17 +1,32 @@
-"""The per-layer plots: what they draw is the data they were given, and bad input is named."""
+"""The plots: what they draw is the data they were given, readably, and bad input is named."""
 
 from __future__ import annotations
 
+import colorsys
+import itertools
 import types
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 
-from keras_luar.plotting import plot_aggregation_counts, plot_recycling_timeline  # noqa: E402
+from keras_luar.plotting import (  # noqa: E402
+    plot_accuracy_vs_communication,
+    plot_aggregation_counts,
+    plot_recycling_timeline,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
 
 COUNTS = {
     "FedAvg": {"conv/kernel": 30.0, "conv/bias": 30.0, "dense/kernel": 30.0, "out/kernel": 30.0},
@@ -84,3 +99,96 @@ def test_aggregation_counts_keep_colours_distinct_past_ten_methods():
     ax = plot_aggregation_counts(counts).axes[0]
     colours = {tuple(container.patches[0].get_facecolor()) for container in ax.containers}
     assert len(colours) == 12
+
+
+def _hue_distance(a, b) -> float:
+    """Degrees between two colours' hues: two shades of one hue are 0 to ~10 apart."""
+    ha, hb = (colorsys.rgb_to_hsv(*to_rgb(c))[0] for c in (a, b))
+    d = abs(ha - hb) % 1.0
+    return 360.0 * min(d, 1.0 - d)
+
+
+def _comparison_labels() -> list[str]:
+    from keras_luar.compare import DEFAULT_METHODS, parse_method_spec
+
+    labels = [parse_method_spec(m).label for m in DEFAULT_METHODS]
+    assert labels[:2] == ["FedAvg", "FedLUAR"] and len(labels) == 11
+    return labels
+
+
+def _histories(labels):
+    return {
+        label: {
+            "val_accuracy": [0.2, 0.5 + k / 100, 0.7 + k / 100],
+            "comm_cost": [1.0, 0.9, 0.8],
+            "upload_bytes": [100.0, 80.0, 60.0],
+        }
+        for k, label in enumerate(labels)
+    }
+
+
+def test_accuracy_plot_of_the_comparison_tells_the_methods_apart():
+    labels = _comparison_labels()
+    lines = plot_accuracy_vs_communication(_histories(labels)).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == labels
+    colour = {line.get_label(): to_rgb(line.get_color()) for line in lines}
+    style = {line.get_label(): line.get_linestyle() for line in lines}
+    # FedAvg and FedLUAR are the pair everyone compares first: different hues, not two blues.
+    assert _hue_distance(colour["FedAvg"], colour["FedLUAR"]) > 60
+    # Every method without LUAR on top has a colour of its own, drawn solid; X+LUAR is X's
+    # colour, dashed.
+    plain = [n for n in labels if "+LUAR" not in n]
+    assert len({colour[n] for n in plain}) == len(plain)
+    assert all(style[n] == "-" for n in plain)
+    for name in (n for n in labels if "+LUAR" in n):
+        base = name.replace("+LUAR", "")
+        assert colour[name] == colour[base] and style[name] == "--", name
+    assert (
+        min(
+            np.linalg.norm(np.subtract(colour[a], colour[b]))
+            for a, b in itertools.combinations(plain, 2)
+        )
+        > 0.1
+    )
+
+
+def test_accuracy_plot_puts_the_legend_beside_the_axes():
+    fig = plot_accuracy_vs_communication(_histories(_comparison_labels()))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    axes = ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1  # right of the axes, so it covers no curve
+    assert legend.x1 <= fig.bbox.x1 and legend.y0 >= fig.bbox.y0  # and not cut off
+    assert len(ax.get_legend().get_texts()) == 11
+
+
+def test_accuracy_plot_labels_the_y_axis_by_its_metric():
+    histories = {
+        "FedAvg": {
+            "val_accuracy": [0.5, 0.8],
+            "val_loss": [1.0, 0.5],
+            "accuracy": [0.6, 0.9],
+            "comm_cost": [1.0, 1.0],
+        }
+    }
+    ax = plot_accuracy_vs_communication(histories).axes[0]
+    # val_ entries are measured on `validation_data`, the test split in the comparisons.
+    assert ax.get_ylabel() == "Held-out accuracy"
+    assert ax.get_title() == "Held-out accuracy vs. communication"
+    ax = plot_accuracy_vs_communication(histories, metric="val_loss").axes[0]
+    assert ax.get_ylabel() == "Held-out loss"
+    ax = plot_accuracy_vs_communication(histories, metric="accuracy").axes[0]
+    assert ax.get_ylabel() == "Accuracy"
+    ax = plot_accuracy_vs_communication(histories, ylabel="Test accuracy").axes[0]
+    assert ax.get_ylabel() == "Test accuracy"
+    assert ax.get_title() == "Test accuracy vs. communication"
+
+
+def test_aggregation_counts_of_the_comparison_give_fedavg_and_fedluar_different_hues():
+    labels = _comparison_labels()
+    counts = {label: {"a/kernel": 1.0 + k, "b/kernel": 2.0} for k, label in enumerate(labels)}
+    ax = plot_aggregation_counts(counts).axes[0]
+    colour = dict(zip(labels, (c.patches[0].get_facecolor() for c in ax.containers), strict=True))
+    assert _hue_distance(colour["FedAvg"], colour["FedLUAR"]) > 60
