@@ -77,11 +77,15 @@ def main() -> None:
             state = process.next(state, data).state
             seconds[name].append(time.perf_counter() - start)
     megabytes = args.clients * args.examples * (32 * 32 * 3 * 4 + 4) / 1e6
-    print(f"{args.clients} clients × {args.examples} CIFAR-shaped examples ({megabytes:.0f} MB of client data per round)")
+    print(
+        f"{args.clients} clients × {args.examples} CIFAR-shaped examples ({megabytes:.0f} MB of client data per round)"
+    )
     medians = {k: statistics.median(v[1:]) for k, v in seconds.items()}
     for name, value in medians.items():
         print(f"  {name:<22} median round {value * 1000:7.1f} ms")
-    print(f"  in-memory / file-reading = {medians['in-memory datasets'] / medians['file-reading datasets']:.2f}")
+    print(
+        f"  in-memory / file-reading = {medians['in-memory datasets'] / medians['file-reading datasets']:.2f}"
+    )
 
 
 if __name__ == "__main__":

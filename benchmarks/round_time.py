@@ -109,13 +109,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients-per-round", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=20)
-    parser.add_argument("--backends", nargs="+", default=["tff", "tensorflow"],
-                        choices=["tff", "tensorflow"])
-    parser.add_argument("--parallel-clients", type=int, default=None,
-                        help="clients trained at once on the tensorflow backend "
-                             "(default: the trainer's, 2)")
     parser.add_argument(
-        "--repeats", type=int, default=3,
+        "--backends", nargs="+", default=["tff", "tensorflow"], choices=["tff", "tensorflow"]
+    )
+    parser.add_argument(
+        "--parallel-clients",
+        type=int,
+        default=None,
+        help="clients trained at once on the tensorflow backend (default: the trainer's, 2)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
         help="measure the three in turn this many times, so load drift hits all alike",
     )
     args = parser.parse_args()
@@ -144,19 +150,25 @@ def main() -> None:
     floor = min(med[name] for name in FLOORS)
     steps = setup.clients_per_round * setup.local_steps
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"keras_luar {keras_luar.__version__}: digits CNN, {setup.clients_per_round} clients × "
-          f"τ={setup.local_steps} = {steps} local steps per round, batch {setup.batch_size}, "
-          f"{args.repeats} repeats, TensorFlow sees: {device}, "
-          f"{args.parallel_clients or 'default'} client(s) at once in process")
+    print(
+        f"keras_luar {keras_luar.__version__}: digits CNN, {setup.clients_per_round} clients × "
+        f"τ={setup.local_steps} = {steps} local steps per round, batch {setup.batch_size}, "
+        f"{args.repeats} repeats, TensorFlow sees: {device}, "
+        f"{args.parallel_clients or 'default'} client(s) at once in process"
+    )
     for name, value in med.items():
         print(f"  {name:<20} median {value * 1000:8.1f} ms  ({len(seconds[name])} rounds)")
     print(f"  floor = the faster plain loop = {floor * 1000:.1f} ms")
-    print("  round ÷ floor (all rounds' median ÷ floor; median over repeats of each repeat's ratio)")
+    print(
+        "  round ÷ floor (all rounds' median ÷ floor; median over repeats of each repeat's ratio)"
+    )
     for backend in args.backends:
         for method in ("FedAvg", "FedLUAR"):
             name = f"{method} {backend}"
             label = f"{name} / floor"
-            print(f"  {label:<32} = {med[name] / floor:.2f}   paired {statistics.median(paired[name]):.2f}")
+            print(
+                f"  {label:<32} = {med[name] / floor:.2f}   paired {statistics.median(paired[name]):.2f}"
+            )
         label = f"FedLUAR / FedAvg ({backend})"
         print(f"  {label:<32} = {med[f'FedLUAR {backend}'] / med[f'FedAvg {backend}']:.3f}")
     if len(args.backends) == 2:
