@@ -9,7 +9,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
+# The test folders mirror the package; some share helpers by module name
+# (test_trainer's small model and data, the data sets' fixture writers), so
+# every folder is importable from every other.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+for _entry in sorted(os.listdir(_HERE)):
+    if os.path.isdir(os.path.join(_HERE, _entry)) and not _entry.startswith((".", "_")):
+        sys.path.insert(0, os.path.join(_HERE, _entry))
 
 
 def pytest_addoption(parser):

@@ -20,7 +20,7 @@ CELLS = [
 
 
 def test_fit_runs_in_a_jupyter_kernel(tmp_path):
-    tests = os.path.dirname(os.path.abspath(__file__))
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training")
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
         nbformat.v4.new_code_cell(c.format(tests=tests, checkpoint=str(tmp_path / "ck")))

@@ -404,7 +404,7 @@ def test_compare_command_end_to_end(tmp_path, capsys):
 
 
 def test_benchmark_script_wraps_the_command(capsys):
-    path = Path(__file__).parents[1] / "benchmarks" / "compare_methods.py"
+    path = Path(__file__).parents[2] / "benchmarks" / "compare_methods.py"
     spec = importlib.util.spec_from_file_location("compare_methods_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
