@@ -115,9 +115,13 @@ def _run_preset(args: argparse.Namespace):
 
 
 def _check_server_optimizer(args: argparse.Namespace) -> bool:
-    if args.algorithm == "fedopt" and args.server_learning_rate is None:
+    from keras_luar.algorithms import registry  # TensorFlow-free
+
+    needs_one = registry.get(args.algorithm).server_optimizer == "required"
+    if needs_one and args.server_learning_rate is None:
         print(
-            "error: --algorithm fedopt needs a server optimizer: pass --server-learning-rate "
+            f"error: --algorithm {args.algorithm} needs a server optimizer: pass "
+            "--server-learning-rate "
             "(the learning rate of the server's SGD), e.g. --server-learning-rate "
             f"{defaults.SERVER_LEARNING_RATE} (the paper's FEMNIST setting). Received: no "
             "--server-learning-rate",
