@@ -58,6 +58,13 @@ from keras_luar.trainer import FederatedTrainer
 VOCABULARY_SIZE = 20_000  # AG News word vocabulary, built from the training split
 
 
+def _recycles(algorithm: str) -> bool:
+    """Whether `algorithm` is FedLUAR itself (the preset's δ is FedLUAR's)."""
+    from keras_luar.algorithms import registry
+
+    return registry.get(algorithm).luar == "always"
+
+
 @dataclasses.dataclass(frozen=True)
 class PaperSettings:
     """Hyper-parameters of one benchmark run.
@@ -138,7 +145,7 @@ class Preset:
             loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             algorithm=algorithm,
-            num_recycled_layers=s.num_recycled_layers if algorithm == "fedluar" else None,
+            num_recycled_layers=s.num_recycled_layers if _recycles(algorithm) else None,
             local_steps=s.local_steps,
             batch_size=s.batch_size,
             client_optimizer=tf.keras.optimizers.SGD(s.learning_rate, momentum=s.momentum),
