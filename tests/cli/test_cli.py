@@ -242,6 +242,9 @@ def _interrupt(argv: list[str], after: str, cwd) -> tuple[int, str, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "keras_luar.cli", *argv], cwd=cwd, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        # pytest-xdist's workers ignore SIGINT and a child inherits that; a terminal's
+        # command line starts with the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         seen = []
