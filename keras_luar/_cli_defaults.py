@@ -11,6 +11,7 @@ against its source, so they cannot drift apart:
 * `PRESETS`: ``keras_luar.presets.PRESETS`` (names, in order);
 * `DIGITS_SETUP`: the defaults of ``keras_luar.quickstart.DigitsSetup``;
 * `BACKENDS`: ``keras_luar.backends.BACKENDS``;
+* `DIGITS_MODELS`: ``keras_luar.experiments.digits.DIGITS_MODELS`` (names, in order);
 * `PROGRESS_FILE`: the checkpoint's progress file (``keras_luar.training.checkpoint``).
 
 The methods' names come from ``keras_luar.algorithms.registry.names()``, which
@@ -52,5 +53,6 @@ DIGITS_SETUP: dict[str, int | float] = {
     "learning_rate": 0.05,
 }
 BACKENDS: tuple[str, ...] = ("auto", "tff", "tensorflow")
+DIGITS_MODELS: tuple[str, ...] = ("cnn", "bn_cnn")
 # In a --checkpoint-dir: the number of rounds saved, read when a run is interrupted.
 PROGRESS_FILE = "progress.json"

@@ -64,6 +64,13 @@ def _add_common(parser, *, seeds: bool) -> None:
         default=setup["learning_rate"],
         help="local SGD learning rate (momentum 0.9)",
     )
+    parser.add_argument(
+        "--model",
+        choices=defaults.DIGITS_MODELS,
+        default=defaults.DIGITS_MODELS[0],
+        help="the digits model: the small CNN, or the same CNN with BatchNormalization "
+        "(Conv2D without bias + BatchNormalization + ReLU blocks)",
+    )
     if seeds:
         parser.add_argument(
             "--seeds",
@@ -89,6 +96,7 @@ def _setup_from(args):
         local_steps=args.local_steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        model=args.model,
     )
 
 

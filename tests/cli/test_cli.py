@@ -177,6 +177,7 @@ def test_argument_errors_come_before_tensorflow(argv, fragment):
 
 def test_cli_defaults_match_their_sources():
     from keras_luar import _cli_defaults, _types, backends, compare, presets
+    from keras_luar.experiments.digits import DIGITS_MODELS
     from keras_luar.quickstart import DigitsSetup
     from keras_luar.training import checkpoint
 
@@ -189,6 +190,7 @@ def test_cli_defaults_match_their_sources():
     assert _cli_defaults.PRESETS == tuple(presets.PRESETS)
     assert _cli_defaults.BACKENDS == backends.BACKENDS == _types.BACKENDS
     assert _cli_defaults.PROGRESS_FILE == checkpoint._PROGRESS
+    assert _cli_defaults.DIGITS_MODELS == tuple(DIGITS_MODELS)
     setup = DigitsSetup()
     assert _cli_defaults.DIGITS_SETUP == {k: getattr(setup, k) for k in _cli_defaults.DIGITS_SETUP}
 
@@ -310,3 +312,12 @@ def test_ctrl_c_without_checkpoint_dir_says_how_to_make_runs_resumable():
     )
     args.progress = {}  # interrupted before the run said how many rounds it has
     assert "interrupted before round 1 finished" in args.on_interrupt(args)
+
+
+def test_model_option_trains_the_batchnorm_cnn(tmp_path, capsys):
+    argv = ["compare", "--methods", "fedavg", "--rounds", "1", "--seeds", "0", *TINY]
+    assert cli.main([*argv, "--model", "bn_cnn", "--out", str(tmp_path)]) == 0
+    assert "Model: the digits BN CNN." in (tmp_path / "compare.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--model", "resnet"])
+    assert "invalid choice: 'resnet'" in capsys.readouterr().err
