@@ -44,30 +44,19 @@ __all__ = [
 ]
 
 
+def _arguments(data_dir: Any, download: bool, num_clients: Any, seed: int) -> dict[str, Any]:
+    return dict(data_dir=data_dir, download=download, num_clients=num_clients, seed=seed)
+
+
 def cifar10_resnet20(
     *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
 ) -> Preset:
     """CIFAR-10 with ResNet-20: 128 clients, Dirichlet α = 0.1, δ = 12, 200 rounds.
 
-    Args:
-      data_dir: The data cache holding CIFAR-10 (``cifar-10-batches-py/`` or its archive;
-        see `keras_luar.data.cifar`).
-      download: Whether to try downloading CIFAR-10 when it is missing.
-      num_clients: Clients of the Dirichlet split.
-      seed: Seeds the split and the model's initial weights.
-
-    Returns:
-      The `Preset` of the `CIFAR10_RESNET20` row (see `make_preset`).
-
-    Raises:
-      keras_luar.data.cache.MissingDataError: If CIFAR-10 is neither in the data
-        cache nor downloadable.
-      ValueError: If an argument is invalid or there are too few images for
-        `num_clients`.
+    Returns the `Preset` of the `CIFAR10_RESNET20` row; `data_dir` is the cache that holds
+    ``cifar-10-batches-py/`` or its archive (`keras_luar.data.cifar`), `num_clients` the Dirichlet split's clients; the arguments and errors are `make_preset`'s.
     """
-    return make_preset(
-        CIFAR10_RESNET20, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
-    )
+    return make_preset(CIFAR10_RESNET20, **_arguments(data_dir, download, num_clients, seed))
 
 
 def cifar100_wrn28(
@@ -75,25 +64,10 @@ def cifar100_wrn28(
 ) -> Preset:
     """CIFAR-100 with WRN-28-10: 128 clients, Dirichlet α = 0.1, δ = 12, 300 rounds.
 
-    Args:
-      data_dir: The data cache holding CIFAR-100 (``cifar-100-python/`` or its archive;
-        see `keras_luar.data.cifar`).
-      download: Whether to try downloading CIFAR-100 when it is missing.
-      num_clients: Clients of the Dirichlet split.
-      seed: Seeds the split and the model's initial weights.
-
-    Returns:
-      The `Preset` of the `CIFAR100_WRN28` row (see `make_preset`).
-
-    Raises:
-      keras_luar.data.cache.MissingDataError: If CIFAR-100 is neither in the data
-        cache nor downloadable.
-      ValueError: If an argument is invalid or there are too few images for
-        `num_clients`.
+    Returns the `Preset` of the `CIFAR100_WRN28` row; `data_dir` is the cache that holds
+    ``cifar-100-python/`` or its archive (`keras_luar.data.cifar`), `num_clients` the Dirichlet split's clients; the arguments and errors are `make_preset`'s.
     """
-    return make_preset(
-        CIFAR100_WRN28, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
-    )
+    return make_preset(CIFAR100_WRN28, **_arguments(data_dir, download, num_clients, seed))
 
 
 def femnist_cnn(
@@ -101,25 +75,10 @@ def femnist_cnn(
 ) -> Preset:
     """FEMNIST with the paper's CNN: 128 writers, δ = 2, 200 rounds.
 
-    Args:
-      data_dir: The data cache holding FEMNIST (TFF's ``emnist_all.sqlite``; see
-        `keras_luar.data.femnist`).
-      download: Whether to try downloading FEMNIST when it is missing.
-      num_clients: Writers (clients) to use.
-      seed: Seeds the choice of writers and the model's initial weights.
-
-    Returns:
-      The `Preset` of the `FEMNIST_CNN` row (see `make_preset`).
-
-    Raises:
-      keras_luar.data.cache.MissingDataError: If FEMNIST is neither in the data
-        cache nor downloadable.
-      ValueError: If an argument is invalid or there are too few writers for
-        `num_clients`.
+    Returns the `Preset` of the `FEMNIST_CNN` row; `data_dir` is the cache that holds
+    TFF's ``emnist_all.sqlite`` (`keras_luar.data.femnist`), `num_clients` the writers to use; the arguments and errors are `make_preset`'s.
     """
-    return make_preset(
-        FEMNIST_CNN, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
-    )
+    return make_preset(FEMNIST_CNN, **_arguments(data_dir, download, num_clients, seed))
 
 
 def agnews_text(
@@ -127,27 +86,13 @@ def agnews_text(
 ) -> Preset:
     """AG News with a small transformer: 128 clients, Dirichlet α = 0.5, 100 rounds.
 
-    See the module docstring for how this differs from the paper's DistilBERT run.
+    See the module docstring of `keras_luar.experiments.presets` for how this
+    differs from the paper's DistilBERT run.
 
-    Args:
-      data_dir: The data cache holding AG News (``ag_news_csv/train.csv`` and ``test.csv``;
-        see `keras_luar.data.agnews`).
-      download: Whether to try downloading AG News when it is missing.
-      num_clients: Clients of the Dirichlet split.
-      seed: Seeds the split and the model's initial weights.
-
-    Returns:
-      The `Preset` of the `AGNEWS_TEXT` row (see `make_preset`).
-
-    Raises:
-      keras_luar.data.cache.MissingDataError: If AG News is neither in the data
-        cache nor downloadable.
-      ValueError: If an argument is invalid or there are too few rows for
-        `num_clients`.
+    Returns the `Preset` of the `AGNEWS_TEXT` row; `data_dir` is the cache that holds
+    ``ag_news_csv/train.csv`` and ``test.csv`` (`keras_luar.data.agnews`), `num_clients` the Dirichlet split's clients; the arguments and errors are `make_preset`'s.
     """
-    return make_preset(
-        AGNEWS_TEXT, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
-    )
+    return make_preset(AGNEWS_TEXT, **_arguments(data_dir, download, num_clients, seed))
 
 
 def shakespeare(
@@ -155,25 +100,10 @@ def shakespeare(
 ) -> Preset:
     """Shakespeare next-character prediction with a character LSTM (not in the paper).
 
-    Args:
-      data_dir: The data cache holding Shakespeare (TFF's ``shakespeare.sqlite``; see
-        `keras_luar.data.shakespeare`).
-      download: Whether to try downloading Shakespeare when it is missing.
-      num_clients: Speaking roles to use (None: all).
-      seed: Seeds the choice of roles and the model's initial weights.
-
-    Returns:
-      The `Preset` of the `SHAKESPEARE` row (see `make_preset`).
-
-    Raises:
-      keras_luar.data.cache.MissingDataError: If Shakespeare is neither in the data
-        cache nor downloadable.
-      ValueError: If an argument is invalid or there are too few roles for
-        `num_clients`.
+    Returns the `Preset` of the `SHAKESPEARE` row; `data_dir` is the cache that holds
+    TFF's ``shakespeare.sqlite`` (`keras_luar.data.shakespeare`), `num_clients` the speaking roles to use (None: all); the arguments and errors are `make_preset`'s.
     """
-    return make_preset(
-        SHAKESPEARE, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
-    )
+    return make_preset(SHAKESPEARE, **_arguments(data_dir, download, num_clients, seed))
 
 
 PRESETS: dict[str, Callable[..., Preset]] = {
