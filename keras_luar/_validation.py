@@ -118,6 +118,30 @@ def check_weighted_factory(name: str, value: Any) -> Any:
     return value
 
 
+def check_inner_factory(name: str, value: Any) -> tuple[Any, bool]:
+    """Returns ``(factory, weighted)`` for a TFF aggregation factory (TFF's mean for None).
+
+    Raises:
+      TypeError: If `value` is neither a weighted nor an unweighted TFF factory.
+    """
+    import tensorflow_federated as tff
+
+    if value is None:
+        return tff.aggregators.MeanFactory(), True
+    if isinstance(value, tff.aggregators.WeightedAggregationFactory):
+        return value, True
+    if isinstance(value, tff.aggregators.UnweightedAggregationFactory):
+        return value, False
+    raise TypeError(
+        f"Invalid value for argument `{name}`. Expected a "
+        "tff.aggregators.WeightedAggregationFactory or UnweightedAggregationFactory "
+        "(e.g. tff.aggregators.MeanFactory(), "
+        "tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(...), "
+        "tff.learning.robust_aggregator()). Received: "
+        f"{name}={type(value).__name__}"
+    )
+
+
 def check_aggregation_types(owner: str, value_type: Any, weight_type: Any) -> tuple[Any, Any]:
     """Converts and checks a weighted factory's `create` types; raises TypeError naming `owner`."""
     import tensorflow as tf

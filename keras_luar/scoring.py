@@ -128,3 +128,56 @@ def sample_recycle_mask(
     if eligible is not None:
         chosen = tf.logical_and(chosen, eligible)
     return chosen
+
+
+def recycle_order(
+    scores: tf.Tensor, seed: tf.Tensor, eligible: tf.Tensor | None = None
+) -> tf.Tensor:
+    """All layers in the Gumbel-top-k order of `sample_recycle_mask` (int32 ``[L]``).
+
+    The first k entries are exactly the layers `sample_recycle_mask` draws for
+    δ = k with the same seed, so every prefix of the order is a draw without
+    replacement with p_l ∝ 1/s_l. Ineligible layers come last.
+    """
+    num_layers = scores.shape[0]
+    log_p = recycle_log_probabilities(scores, eligible)
+    u = tf.random.stateless_uniform(
+        [num_layers], seed=seed, minval=1e-300, maxval=1.0, dtype=tf.float64
+    )
+    keys = log_p - tf.math.log(-tf.math.log(u))
+    _, order = tf.math.top_k(keys, k=num_layers)
+    return order
+
+
+def budget_recycle_mask(
+    scores: tf.Tensor,
+    sizes: tf.Tensor,
+    need: tf.Tensor,
+    seed: tf.Tensor,
+    eligible: tf.Tensor,
+) -> tf.Tensor:
+    """The shortest prefix of `recycle_order` whose sizes add up to at least `need`.
+
+    The upload-budget extension of FedLUAR (not in the paper): the layers are
+    still drawn with p_l ∝ 1/s_l without replacement, but how many are drawn
+    follows the budget instead of a fixed δ. With ``need <= 0`` nothing is
+    recycled; if all eligible layers together are smaller than `need`, all of
+    them are.
+
+    Args:
+      scores: float ``[L]`` layer scores.
+      sizes: float64 ``[L]``, what each layer costs to upload (bytes).
+      need: float64 ``[]``, how much the coming round must leave at home.
+      seed: int64 ``[2]`` stateless seed (as for `sample_recycle_mask`).
+      eligible: bool ``[L]``; ineligible layers are never recycled.
+
+    Returns:
+      bool ``[L]`` mask of the layers to recycle.
+    """
+    num_layers = scores.shape[0]
+    order = recycle_order(scores, seed, eligible)
+    ordered = tf.gather(tf.where(eligible, tf.cast(sizes, tf.float64), 0.0), order)
+    before = tf.cumsum(ordered, exclusive=True)
+    take = tf.logical_and(before < tf.cast(need, tf.float64), tf.gather(eligible, order))
+    mask = tf.scatter_nd(tf.expand_dims(order, 1), take, [num_layers])
+    return tf.logical_and(mask, eligible)

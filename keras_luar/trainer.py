@@ -116,6 +116,16 @@ class FederatedTrainer:
         scaling and suits recent GPUs; float16 runs without loss scaling here
         (TFF's optimizers have none), so tiny gradients may underflow. The
         global model, the aggregation and the server stay float32.
+      upload_budget: Instead of δ, b in (0, 1): the cumulative upload is held at
+        b times FedAvg's (an extension of this library, not the paper's
+        method; see ``docs/howto/privacy-and-budget.md``). For ``"fedluar"``
+        and the methods LUAR stacks on; giving δ too raises.
+      inner_aggregator: A TFF aggregation factory that aggregates what
+        clients send under LUAR (e.g.
+        `tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(...)`,
+        `tff.learning.robust_aggregator()`), for ``"fedavg"``,
+        ``"fedluar"``, ``"fedprox"`` and ``"fedopt"``. An unweighted one
+        (the DP factories) needs ``client_weighting="uniform"``.
       **algorithm_options: The method's own options, e.g. ``proximal_strength``
         for FedProx; each method's `AlgorithmSpec` lists them with defaults
         (`keras_luar.algorithms.ALGORITHMS[name].options`, and
@@ -152,6 +162,8 @@ class FederatedTrainer:
         parallel_clients: int | None = None,
         workers: Any = None,
         mixed_precision: str | None = None,
+        upload_budget: float | None = None,
+        inner_aggregator: Any = None,
         **algorithm_options: Any,
     ):
         _check_model(model)
@@ -173,6 +185,8 @@ class FederatedTrainer:
             mixed_precision=mixed_precision,
             client_optimizer=client_optimizer,
             server_optimizer=server_optimizer,
+            upload_budget=upload_budget,
+            inner_aggregator=inner_aggregator,
         )
         self._loss_fn = loss_factory(loss)
         self._metrics = check_metrics(metrics)

@@ -12,14 +12,22 @@ and zeroing:
    is dropped (its update is zeroed and weighted 0); the variables that are not
    sent are zero-filled (TFF's types are static, so the simulation carries zeros
    where a deployment would send nothing). ``uniform`` weighs every client 1.
-3. The inner factory (TFF's mean by default) aggregates what was sent.
+3. The inner factory (TFF's mean by default) aggregates what was sent. An
+   unweighted inner factory (TFF's differential privacy, `SecureSumFactory`
+   under `UnweightedMeanFactory`...) gets no weights: every client counts 1,
+   and a dropped client still counts, with a zero update.
 4. Server: if every client was dropped the mean is 0/0, so it is replaced by
    zeros; then the factory's own ``server_update`` makes the result and the new
    state, given the round's upload in numbers and bytes per client.
 
 The upload is counted as a deployment would send it: every sent variable in
 full, at its dtype, or at the inner factory's ``encoded_bytes(shape, dtype)`` if
-it has one (`keras_luar.aggregators.QuantizationFactory` does).
+it has one (`keras_luar.aggregators.QuantizationFactory` does). TFF's own
+factories send float32 numbers as 4 bytes each: clipping, zeroing and the
+central Gaussian mechanism send the (clipped) float update and add the noise
+at the server; `SecureSumFactory` sends each float as one 32-bit integer of
+its quantized range. The scalar weight and the one-number side channels of
+adaptive clipping, zeroing and secure summation are not counted.
 """
 
 from __future__ import annotations
@@ -94,7 +102,8 @@ def build_masked_process(
     owner: str,
     value_type: Any,
     weight_type: Any,
-    inner_factory: tff.aggregators.WeightedAggregationFactory,
+    inner_factory: tff.aggregators.WeightedAggregationFactory
+    | tff.aggregators.UnweightedAggregationFactory,
     init_state: Callable[[Any], Any],
     sent_mask: Callable[[Any], Any],
     server_update: Callable[[Any, Any, list, Upload], tuple[Any, list, Any]],
@@ -106,7 +115,7 @@ def build_masked_process(
       owner: The factory's name, for error messages.
       value_type: A structure of float tensors (as `create` receives it).
       weight_type: A float tensor type.
-      inner_factory: Aggregates the sent part.
+      inner_factory: Aggregates the sent part; weighted or unweighted.
       init_state: ``init_state(inner_state) -> state`` (TF code, traced once).
       sent_mask: ``sent_mask(state) -> bool [n]``: the variables sent this round.
       server_update: ``server_update(state, inner_state, mean, upload) ->
@@ -123,7 +132,11 @@ def build_masked_process(
     value_type, weight_type = check_aggregation_types(owner, value_type, weight_type)
     sizes, nbytes = variable_costs(value_type, inner_factory)
     num_variables = len(sizes)
-    inner_process = inner_factory.create(value_type, weight_type)
+    weighted_inner = isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory)
+    if weighted_inner:
+        inner_process = inner_factory.create(value_type, weight_type)
+    else:
+        inner_process = inner_factory.create(value_type)
     inner_state_type = inner_process.initialize.type_signature.result.member
 
     @tff.tensorflow.computation(inner_state_type)
@@ -194,7 +207,11 @@ def build_masked_process(
         sent = tff.federated_map(get_mask, state)
         upload = tff.federated_map(prepare_upload, (value, weight, tff.federated_broadcast(sent)))
         # Inner aggregation of the sent part.
-        inner_output = inner_process.next(tff.federated_map(get_inner, state), upload[0], upload[1])
+        inner_state = tff.federated_map(get_inner, state)
+        if weighted_inner:
+            inner_output = inner_process.next(inner_state, upload[0], upload[1])
+        else:
+            inner_output = inner_process.next(inner_state, upload[0])
         num_valid = tff.federated_sum(upload[2])
         num_clients = tff.federated_sum(upload[3])
         # Server computation: the factory's own step.

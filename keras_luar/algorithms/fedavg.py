@@ -45,11 +45,20 @@ def build_fedavg_family(
     from keras_luar.aggregators import LuarFactory, with_global_weight_norms
     from keras_luar.algorithms.client_work import build_learning_process
 
+    if inner_factory is None:
+        inner_factory = context.inner_aggregator
+    weighted = inner_factory is None or isinstance(
+        inner_factory, tff.aggregators.WeightedAggregationFactory
+    )
+    budget = context.upload_budget
     factory = LuarFactory(
-        context.num_recycled_layers,
+        None if budget is not None else context.num_recycled_layers,
+        upload_budget=budget,
         seed=context.seed,
         inner_factory=inner_factory,
-        client_weighting="example",  # the weights the client work computes
+        # The weights the client work computes; an unweighted inner takes none (the
+        # config made sure the trainer's weighting is uniform then).
+        client_weighting="example" if weighted else "uniform",
         variable_names=[v.name for v in context.layout.trainable],
     )
     process = build_learning_process(
@@ -73,5 +82,6 @@ SPEC = register(
         build=build_fedavg_family,
         summary="federated averaging: every client sends every layer every round",
         luar="never",
+        inner_aggregator=True,
     )
 )

@@ -24,5 +24,6 @@ SPEC = register(
         build=build_fedavg_family,
         summary="FedAvg that recycles δ low-scoring layers' last update instead of uploading them",
         luar="always",
+        inner_aggregator=True,
     )
 )

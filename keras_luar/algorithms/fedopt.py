@@ -23,6 +23,7 @@ SPEC = register(
         build=build_fedavg_family,
         summary="FedAvg whose aggregated update goes through a server optimizer",
         luar="optional",
+        inner_aggregator=True,
         server_optimizer="required",
         # The paper's FEMNIST setting: server SGD with learning rate 1.2.
         comparison_options={"server_learning_rate": 1.2},

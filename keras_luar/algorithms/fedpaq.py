@@ -28,7 +28,7 @@ def _build(context: BuildContext) -> Any:
     options = context.options
     requantize = options["requantize_aggregate"]
     if requantize is None:  # the official FedPAQ + LUAR does, FedPAQ does not
-        requantize = context.num_recycled_layers > 0
+        requantize = context.num_recycled_layers > 0 or context.upload_budget is not None
     quantizer = QuantizationFactory(
         options["quantization_levels"], seed=context.seed, requantize=requantize
     )

@@ -36,6 +36,7 @@ SPEC = register(
             )
         },
         luar="optional",
+        inner_aggregator=True,
         comparison_options={"proximal_strength": 0.001},
     )
 )

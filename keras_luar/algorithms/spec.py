@@ -54,6 +54,8 @@ class BuildContext:
       client_weighting: The resolved client weighting.
       bn_statistics: The resolved BatchNorm statistics rule.
       options: The method's options, checked, with defaults filled in.
+      upload_budget: LUAR's upload budget b instead of δ, or None.
+      inner_aggregator: The user's TFF factory under LUAR, or None.
     """
 
     model_fn: Callable[[], Any]
@@ -67,6 +69,8 @@ class BuildContext:
     client_weighting: str
     bn_statistics: str
     options: Mapping[str, Any]
+    upload_budget: float | None = None
+    inner_aggregator: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +99,8 @@ class AlgorithmSpec:
         FEMNIST settings, which suit the small digits CNN); the CLI's option
         ``server_learning_rate`` sets a server SGD.
       in_comparison: Whether `keras-luar compare` runs it by default.
+      inner_aggregator: Whether its aggregation takes a user's TFF factory
+        under LUAR (``FederatedTrainer(inner_aggregator=...)``).
     """
 
     name: str
@@ -110,6 +116,7 @@ class AlgorithmSpec:
     check: Callable[[Mapping[str, Any], bool], None] | None = None
     comparison_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     in_comparison: bool = True
+    inner_aggregator: bool = False
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's options: `given` checked, defaults for the rest.

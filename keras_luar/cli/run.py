@@ -58,6 +58,13 @@ def _add_run(subparsers) -> None:
         help="where rounds run: TFF's C++ runtime (CPU), in-process TensorFlow (GPU when "
         "present), or auto (tensorflow when TensorFlow sees a GPU)",
     )
+    parser.add_argument(
+        "--upload-budget",
+        type=_budget,
+        default=None,
+        help="instead of δ: hold the cumulative upload at this fraction (0, 1) of FedAvg's "
+        "(an extension, not the paper's method)",
+    )
     parser.add_argument("--history-csv", default=None, help="write the History as CSV here")
     parser.add_argument("--history-json", default=None, help="write the History as JSON here")
     parser.add_argument(
@@ -90,6 +97,8 @@ def _run_preset(args: argparse.Namespace):
     overrides = {}
     if _delta_given(args):
         overrides["num_recycled_layers"] = args.num_recycled_layers
+    if args.upload_budget is not None:
+        overrides["upload_budget"] = args.upload_budget
     if args.server_learning_rate is not None:
         overrides["server_optimizer"] = tf.keras.optimizers.SGD(args.server_learning_rate)
     trainer = preset.trainer(
@@ -158,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
             # δ as given; else the method's own (2 for fedluar, no LUAR for the others).
             num_recycled_layers=args.num_recycled_layers if _delta_given(args) else None,
             seed=args.seed,
+            **({} if args.upload_budget is None else {"upload_budget": args.upload_budget}),
             server_learning_rate=args.server_learning_rate,
             backend=args.backend,
         )
@@ -222,3 +232,15 @@ def _write_and_report(args: argparse.Namespace, history) -> int:
         f"comm vs FedAvg {h['comm_cost'][-1]:.3f}, {len(h['loss'])} rounds"
     )
     return 0
+
+
+def _budget(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value

@@ -198,6 +198,7 @@ def run_fingerprint(config: Any, layout: Any, num_clients: int, clients_per_roun
         "augmentation": getattr(config.augmentation, "__qualname__", None),
         "mixed_precision": config.mixed_precision,
         "num_recycled_layers": config.num_recycled_layers,
+        "upload_budget": config.upload_budget,
         "seed": config.seed,
         "local_steps": config.local_steps,
         "batch_size": config.batch,

@@ -46,6 +46,8 @@ class TrainerConfig:
       mixed_precision: None or a Keras dtype policy name.
       client_optimizer: The clients' TFF optimizer.
       server_optimizer: The user's server optimizer as a TFF optimizer, or None.
+      upload_budget: LUAR's upload budget b (instead of δ), or None.
+      inner_aggregator: A TFF aggregation factory under LUAR, or None.
     """
 
     spec: AlgorithmSpec
@@ -63,6 +65,8 @@ class TrainerConfig:
     mixed_precision: str | None
     client_optimizer: Any
     server_optimizer: Any
+    upload_budget: float | None = None
+    inner_aggregator: Any = None
 
     @property
     def algorithm(self) -> str:
@@ -130,6 +134,8 @@ def make_config(
     mixed_precision: Any,
     client_optimizer: Any,
     server_optimizer: Any,
+    upload_budget: Any = None,
+    inner_aggregator: Any = None,
 ) -> TrainerConfig:
     """Checks every argument of `FederatedTrainer` (but the model, loss and metrics).
 
@@ -140,8 +146,12 @@ def make_config(
     from keras_luar.optimizers import to_tff_optimizer
 
     spec, options = registry.resolve(algorithm, algorithm_options)
+    if upload_budget is not None:
+        upload_budget = _check_budget(spec, upload_budget, num_recycled_layers)
+        num_recycled_layers = 0
     delta = resolve_recycled_layers(spec, num_recycled_layers, layout)
     weighting = spec.default_weighting(options) if client_weighting is None else client_weighting
+    _check_inner_aggregator(spec, inner_aggregator, weighting)
     bn = spec.bn_statistics[0] if bn_statistics is None else bn_statistics
     check_bn_statistics(bn, spec.bn_statistics, f"algorithm {spec.name!r}")
     if augmentation is not None and not callable(augmentation):
@@ -199,4 +209,50 @@ def make_config(
         server_optimizer=None
         if server_optimizer is None
         else to_tff_optimizer(server_optimizer, "server_optimizer"),
+        upload_budget=upload_budget,
+        inner_aggregator=inner_aggregator,
     )
+
+
+def _check_budget(spec: AlgorithmSpec, budget: Any, delta: Any) -> float:
+    from keras_luar._validation import check_float
+
+    if spec.luar == "never":
+        raise invalid(
+            "upload_budget",
+            f"None for algorithm {spec.name!r}, which cannot use LUAR (use 'fedluar')",
+            budget,
+        )
+    if delta is not None:
+        raise invalid(
+            "upload_budget",
+            "None when `num_recycled_layers` is given (give one of the two)",
+            budget,
+        )
+    value = check_float("upload_budget", budget, 0.0, 1.0, open_high=True)
+    if value == 0.0:
+        raise invalid("upload_budget", "a float in (0, 1)", budget)
+    return value
+
+
+def _check_inner_aggregator(spec: AlgorithmSpec, factory: Any, weighting: str) -> None:
+    if factory is None:
+        return
+    from keras_luar._validation import check_inner_factory
+
+    if not spec.inner_aggregator:
+        takes = ", ".join(n for n, s in registry.ALGORITHMS.items() if s.inner_aggregator)
+        raise invalid(
+            "inner_aggregator",
+            f"None for algorithm {spec.name!r}, whose aggregation takes no inner factory; "
+            f"those that do: {takes}",
+            type(factory).__name__,
+        )
+    _, weighted = check_inner_factory("inner_aggregator", factory)
+    if not weighted and weighting != "uniform":
+        raise invalid(
+            "client_weighting",
+            f"'uniform' with the unweighted inner_aggregator {type(factory).__name__}, "
+            "which takes no client weights",
+            weighting,
+        )

@@ -99,6 +99,8 @@ def build_process(
         client_weighting=config.client_weighting,
         bn_statistics=config.bn_statistics,
         options=config.options,
+        upload_budget=config.upload_budget,
+        inner_aggregator=config.inner_aggregator,
     )
     process = config.spec.build(context)
     # TFF built Keras models in graph mode, which swaps Keras's classes to their v1

@@ -60,6 +60,7 @@ def test_create_types_and_names():
         "upload_bytes_per_client",
         "upload_bytes",
         "upload_fraction",
+        "cumulative_upload_fraction",
         "scores",
         "aggregation_counts",
         "weight_norms_missing",
@@ -277,6 +278,13 @@ def test_bad_client_weighting():
         keras_luar.LuarFactory(1, client_weighting="examples")
 
 
-def test_unweighted_inner_factory_is_rejected():
+def test_non_factory_inner_is_rejected():
     with pytest.raises(TypeError, match="inner_factory"):
-        keras_luar.LuarFactory(1, inner_factory=tff.aggregators.SumFactory())
+        keras_luar.LuarFactory(1, inner_factory=object())
+
+
+def test_unweighted_inner_factory_needs_uniform_weighting():
+    with pytest.raises(ValueError, match="client_weighting.*'uniform'"):
+        keras_luar.LuarFactory(
+            1, inner_factory=tff.aggregators.SumFactory(), client_weighting="example"
+        )

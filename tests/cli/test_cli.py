@@ -321,3 +321,23 @@ def test_model_option_trains_the_batchnorm_cnn(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--model", "resnet"])
     assert "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_upload_budget_with_delta_is_a_clear_error(capsys):
+    assert cli.main(["run", *SMALL, "--delta", "1", "--upload-budget", "0.5"]) == 2
+    assert "upload_budget" in capsys.readouterr().err
+
+
+def test_bad_upload_budget_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--upload-budget", "1.5"])
+    assert "--upload-budget" in capsys.readouterr().err
+
+
+def test_run_with_upload_budget(tmp_path):
+    path = tmp_path / "h.json"
+    assert cli.main(["run", *SMALL, "--upload-budget", "0.6", "--history-json", str(path),
+                     "--verbose", "0"]) == 0  # fmt: skip
+    history = json.load(open(path))["history"]
+    assert history["num_recycled"][0] == 0
+    assert history["comm_cost"][-1] < 1.0
