@@ -128,6 +128,14 @@ def check_inner_factory(name: str, value: Any) -> tuple[Any, bool]:
 
     if value is None:
         return tff.aggregators.MeanFactory(), True
+    if _holds_secure_sum(value, tff.aggregators.SecureSumFactory):
+        raise NotImplementedError(
+            f"Invalid value for argument `{name}`: a factory with "
+            "tff.aggregators.SecureSumFactory inside (e.g. tff.learning.secure_aggregator()) "
+            "cannot run under LUAR's masking yet (TFF 0.87's runtime fails inside the "
+            "process: 'Cannot embed a federated value'). Expected a factory without secure "
+            f"summation. Received: {name}={type(value).__name__}"
+        )
     if isinstance(value, tff.aggregators.WeightedAggregationFactory):
         return value, True
     if isinstance(value, tff.aggregators.UnweightedAggregationFactory):
@@ -139,6 +147,28 @@ def check_inner_factory(name: str, value: Any) -> tuple[Any, bool]:
         "tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(...), "
         "tff.learning.robust_aggregator()). Received: "
         f"{name}={type(value).__name__}"
+    )
+
+
+def _holds_secure_sum(factory: Any, secure_type: type, depth: int = 0) -> bool:
+    """Whether `factory`, or a factory it wraps (TFF keeps them as attributes), sums securely."""
+    if isinstance(factory, secure_type):
+        return True
+    if depth > 8:
+        return False
+    held = list(getattr(factory, "__dict__", {}).values())
+    # TFF's robust wrappers (clipping, zeroing, secure_aggregator) keep the factories
+    # they wrap in the closure of their class's `create`.
+    create = getattr(type(factory), "create", None)
+    for cell in getattr(create, "__closure__", None) or ():
+        try:
+            held.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    return any(
+        _holds_secure_sum(v, secure_type, depth + 1)
+        for v in held
+        if v is not factory and hasattr(v, "create")
     )
 
 

@@ -34,7 +34,7 @@ upload is brought to at most b·F per round as soon as the layer sizes allow
 and then stays within one layer of it.
 
 The inner factory may be weighted or unweighted (TFF's
-`DifferentiallyPrivateFactory`, an unweighted mean over `SecureSumFactory`):
+`DifferentiallyPrivateFactory`, say; secure summation is refused for now):
 an unweighted one needs ``client_weighting="uniform"``. It only ever sees what
 is sent: clipping, zeroing and noise apply to the sent layers, and a recycled
 layer re-applies an aggregate that was already privatized (post-processing).
@@ -101,7 +101,8 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
       seed: Seed of the stateless RNG that draws the recycled layers.
       inner_factory: A TFF aggregation factory, weighted or unweighted (e.g.
         `tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(...)`,
-        `tff.learning.robust_aggregator()`, `tff.learning.secure_aggregator()`),
+        `tff.learning.robust_aggregator()`; not yet one with secure summation,
+        which raises `NotImplementedError`),
         that aggregates the sent part; defaults to
         `tff.aggregators.MeanFactory()`. If it has an
         ``encoded_bytes(shape, dtype)`` method (as `QuantizationFactory` has),

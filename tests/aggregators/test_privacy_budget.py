@@ -99,6 +99,25 @@ def test_dp_with_example_weighting_is_rejected_at_construction():
         keras_luar.LuarFactory(1, inner_factory=dp, client_weighting="example")
 
 
+@pytest.mark.parametrize(
+    "inner",
+    [
+        lambda: tff.learning.secure_aggregator(),
+        lambda: tff.aggregators.UnweightedMeanFactory(
+            value_sum_factory=tff.aggregators.SecureSumFactory(1.0)
+        ),
+        lambda: tff.aggregators.SecureSumFactory(1.0),
+    ],
+    ids=["secure_aggregator", "mean_over_secure_sum", "secure_sum"],
+)
+def test_secure_summation_is_refused_at_construction(inner):
+    with pytest.raises(NotImplementedError, match="inner_factory.*SecureSumFactory"):
+        keras_luar.LuarFactory(1, inner_factory=inner(), client_weighting="uniform")
+    # The same factories pass the check when they hold no secure sum.
+    keras_luar.LuarFactory(1, inner_factory=tff.aggregators.UnweightedMeanFactory(),
+                           client_weighting="uniform")  # fmt: skip
+
+
 def test_budget_argument_errors():
     with pytest.raises(TypeError, match="num_recycled_layers.*upload_budget"):
         keras_luar.LuarFactory()
