@@ -2,7 +2,7 @@
 
 The command line parses its arguments, prints ``--help`` and rejects bad values
 without importing TensorFlow (which takes seconds). These values are copies of
-what the TensorFlow-side modules define; ``tests/test_cli.py`` checks every one
+what the TensorFlow-side modules define; ``tests/cli/test_cli.py`` checks every one
 against its source, so they cannot drift apart:
 
 * `LUAR_COMPATIBLE`, `DEFAULT_METHODS`, `SERVER_LEARNING_RATE`:

@@ -12,7 +12,7 @@ with two additions:
 * a FedProx proximal term μ/2·||w − w_t||² with the right sign. TFF 0.87's own
   FedProx client work adds μ·(w_t − w) to the gradient, the gradient of
   −μ/2·||w − w_t||², which pushes clients away from the global model
-  (checked numerically; see ``tests/test_local_training.py``). Here the
+  (checked numerically; see ``tests/algorithms/test_local_training.py``). Here the
   gradient gets μ·(w − w_t), as in Li et al. (2020).
 
 The function runs wherever TensorFlow runs: inside a TFF computation (the

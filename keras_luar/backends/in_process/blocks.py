@@ -144,7 +144,7 @@ class Embedded:
         on the same variables. A call that is not inlined ends only when its
         whole body has run, so chained calls run one after the other, as in the
         walk; the kernels and their order are the walk's, so are the results
-        (``tests/test_backends.py`` checks they are bit for bit the same).
+        (``tests/backends/test_backends.py`` checks they are bit for bit the same).
         """
         if self._call_op is None:
             function = self._function
