@@ -7,7 +7,15 @@ import csv
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_trainer import PER_ROUND, _arrays, _client_data, _comparable, _model, _trainer
+from test_trainer import (
+    PER_ROUND,
+    _arrays,
+    _client_data,
+    _comparable,
+    _Interrupt,
+    _model,
+    _trainer,
+)
 
 import keras_luar
 from keras_luar.training import console
@@ -203,16 +211,6 @@ def test_a_real_mismatch_lists_the_variables_that_differ(tmp_path):
     with pytest.raises(ValueError, match=r"variable 0: d1/kernel \[4, 9\].*\[4, 8\].*name"):
         _trainer(model=wider).fit(_client_data(), rounds=2, clients_per_round=PER_ROUND,
                                   verbose=0, checkpoint_dir=directory)  # fmt: skip
-
-
-class _Interrupt(tf.keras.callbacks.Callback):
-    def __init__(self, at_round):
-        super().__init__()
-        self.at_round = at_round
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_round:
-            raise KeyboardInterrupt
 
 
 def _rounds_in_csv(path):
