@@ -58,12 +58,11 @@ import tensorflow_federated as tff
 
 from keras_luar import layers, scoring
 from keras_luar._validation import (
-    check_aggregation_types,
     check_float,
     check_inner_factory,
     check_int,
 )
-from keras_luar.aggregators.masked import build_masked_process, variable_costs
+from keras_luar.aggregators.masked import MaskedParts, MaskedUploadFactory, variable_costs
 
 _WEIGHTINGS = ("uniform", "example")  # "example": the weights the client work passes in
 _MISSING_NORMS_MESSAGE = (
@@ -87,7 +86,7 @@ class LuarState(NamedTuple):
     inner: Any  # state of the inner aggregation process
 
 
-class LuarFactory(tff.aggregators.WeightedAggregationFactory):
+class LuarFactory(MaskedUploadFactory):
     """FedLUAR's aggregation step as a TFF weighted aggregation factory.
 
     Args:
@@ -219,23 +218,7 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
         """Names of the candidates; the ``recycled`` measurement is aligned with them."""
         return self.layout.candidate_names
 
-    def create(
-        self, value_type: tff.types.Type, weight_type: tff.types.Type
-    ) -> tff.templates.AggregationProcess:
-        """Builds the aggregation process for `value_type` (see the class docstring).
-
-        Args:
-          value_type: A structure of float tensors with fully defined shapes.
-          weight_type: A float `tff.TensorType`.
-
-        Returns:
-          A `tff.templates.AggregationProcess` whose state is a `LuarState`.
-
-        Raises:
-          TypeError: If the types are not as above.
-          ValueError: If the value type has no candidate or δ >= L.
-        """
-        value_type, weight_type = check_aggregation_types("LuarFactory", value_type, weight_type)
+    def _parts(self, value_type: tff.types.Type) -> MaskedParts:
         layout = layers.describe_weights_type(value_type, names=self._variable_names)
         if layout.num_candidates == 0:
             raise ValueError(
@@ -360,15 +343,8 @@ class LuarFactory(tff.aggregators.WeightedAggregationFactory):
             )
             return new_state, flat, collections.OrderedDict(luar=luar)
 
-        return build_masked_process(
-            owner="LuarFactory",
-            value_type=value_type,
-            weight_type=weight_type,
-            inner_factory=self._inner_factory,
-            init_state=init_state,
-            sent_mask=sent_mask,
-            server_update=server_update,
-            uniform=self._client_weighting == "uniform",
+        return MaskedParts(
+            init_state, sent_mask, server_update, uniform=self._client_weighting == "uniform"
         )
 
 

@@ -42,6 +42,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import _runtime
+from keras_luar._federated import server_and_clients, state_around_inner
 from keras_luar._validation import check_aggregation_types
 
 
@@ -97,6 +98,69 @@ def variable_costs(value_type: Any, inner_factory: Any) -> tuple[np.ndarray, np.
     return np.array(sizes, np.int64), np.array(nbytes, np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskedParts:
+    """What one factory adds to the skeleton.
+
+    Attributes:
+      init_state: ``init_state(inner_state) -> state`` (TF code, traced once).
+      sent_mask: ``sent_mask(state) -> bool [n]``: the variables sent this round.
+      server_update: ``server_update(state, inner_state, mean, upload) ->
+        (new_state, result, measurements)``: `mean` is the flat list of the
+        inner result (zeros when every client was dropped), `result` the flat
+        list to return, `measurements` the factory's own.
+      uniform: Weigh every kept client 1 instead of its given weight.
+    """
+
+    init_state: Callable[[Any], Any]
+    sent_mask: Callable[[Any], Any]
+    server_update: Callable[[Any, Any, list, Upload], tuple[Any, list, Any]]
+    uniform: bool = False
+
+
+class MaskedUploadFactory(tff.aggregators.WeightedAggregationFactory):
+    """Base of the weighted factories whose clients send part of their update.
+
+    A subclass keeps its inner factory in ``self._inner_factory`` and writes
+    ``_parts(value_type) -> MaskedParts``, which checks `value_type` against
+    its own settings (raising ValueError) and returns its state, mask and
+    server step; `create` does the rest.
+    """
+
+    _inner_factory: Any
+
+    def create(
+        self, value_type: tff.types.Type, weight_type: tff.types.Type
+    ) -> tff.templates.AggregationProcess:
+        """Builds the aggregation process for `value_type` (see the class docstring).
+
+        Args:
+          value_type: A structure of float tensors with fully defined shapes.
+          weight_type: A float `tff.TensorType`.
+
+        Returns:
+          A `tff.templates.AggregationProcess` whose state is the factory's
+          state type (`LuarState`, `PartialUpdateState`).
+
+        Raises:
+          TypeError: If the types are not as above.
+          ValueError: If the value type does not fit the factory's settings
+            (the factory's docstring says which).
+        """
+        owner = type(self).__name__
+        value_type, weight_type = check_aggregation_types(owner, value_type, weight_type)
+        return build_masked_process(
+            owner=owner,
+            value_type=value_type,
+            weight_type=weight_type,
+            inner_factory=self._inner_factory,
+            parts=self._parts(value_type),
+        )
+
+    def _parts(self, value_type: Any) -> MaskedParts:
+        raise NotImplementedError(f"{type(self).__name__} must define _parts(value_type)")
+
+
 def build_masked_process(
     *,
     owner: str,
@@ -104,10 +168,7 @@ def build_masked_process(
     weight_type: Any,
     inner_factory: tff.aggregators.WeightedAggregationFactory
     | tff.aggregators.UnweightedAggregationFactory,
-    init_state: Callable[[Any], Any],
-    sent_mask: Callable[[Any], Any],
-    server_update: Callable[[Any, Any, list, Upload], tuple[Any, list, Any]],
-    uniform: bool = False,
+    parts: MaskedParts,
 ) -> tff.templates.AggregationProcess:
     """Builds the aggregation process described in the module docstring.
 
@@ -116,13 +177,7 @@ def build_masked_process(
       value_type: A structure of float tensors (as `create` receives it).
       weight_type: A float tensor type.
       inner_factory: Aggregates the sent part; weighted or unweighted.
-      init_state: ``init_state(inner_state) -> state`` (TF code, traced once).
-      sent_mask: ``sent_mask(state) -> bool [n]``: the variables sent this round.
-      server_update: ``server_update(state, inner_state, mean, upload) ->
-        (new_state, result, measurements)``: `mean` is the flat list of the
-        inner result (zeros when every client was dropped), `result` the flat
-        list to return, `measurements` the factory's own.
-      uniform: Weigh every kept client 1 instead of its given weight.
+      parts: The factory's state, mask and server step.
 
     Returns:
       A `tff.templates.AggregationProcess` whose measurements are
@@ -130,6 +185,8 @@ def build_masked_process(
     """
     _runtime.install()  # TFF computations follow: guard its worker processes
     value_type, weight_type = check_aggregation_types(owner, value_type, weight_type)
+    init_state, sent_mask, server_update = parts.init_state, parts.sent_mask, parts.server_update
+    uniform = parts.uniform
     sizes, nbytes = variable_costs(value_type, inner_factory)
     num_variables = len(sizes)
     weighted_inner = isinstance(inner_factory, tff.aggregators.WeightedAggregationFactory)
@@ -137,25 +194,12 @@ def build_masked_process(
         inner_process = inner_factory.create(value_type, weight_type)
     else:
         inner_process = inner_factory.create(value_type)
+    init_fn, state_type, get_inner = state_around_inner(inner_process, init_state)
     inner_state_type = inner_process.initialize.type_signature.result.member
-
-    @tff.tensorflow.computation(inner_state_type)
-    def init_fn_tf(inner):
-        return init_state(inner)
-
-    @tff.federated_computation()
-    def init_fn():
-        return tff.federated_map(init_fn_tf, inner_process.initialize())
-
-    state_type = init_fn_tf.type_signature.result
 
     @tff.tensorflow.computation(state_type)
     def get_mask(state):
         return tf.reshape(tf.cast(sent_mask(state), tf.bool), [num_variables])
-
-    @tff.tensorflow.computation(state_type)
-    def get_inner(state):
-        return state.inner
 
     mask_type = get_mask.type_signature.result
 
@@ -197,11 +241,7 @@ def build_masked_process(
         new_state, result, measurements = server_update(state, inner_state, flat, upload)
         return new_state, tf.nest.pack_sequence_as(mean_value, result), measurements
 
-    @tff.federated_computation(
-        tff.FederatedType(state_type, tff.SERVER),
-        tff.FederatedType(value_type, tff.CLIENTS),
-        tff.FederatedType(weight_type, tff.CLIENTS),
-    )
+    @tff.federated_computation(*server_and_clients(state_type, value_type, weight_type))
     def next_fn(state, value, weight):
         # Client computation: the mask travels down, the unsent variables stay home.
         sent = tff.federated_map(get_mask, state)

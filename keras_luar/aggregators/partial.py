@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar._validation import check_aggregation_types, check_weighted_factory
-from keras_luar.aggregators.masked import build_masked_process
+from keras_luar._validation import check_weighted_factory
+from keras_luar.aggregators.masked import MaskedParts, MaskedUploadFactory
 from keras_luar.aggregators.measurements import communication_measurements
 
 
@@ -30,7 +30,7 @@ class PartialUpdateState(NamedTuple):
     inner: Any  # state of the inner aggregation process
 
 
-class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
+class PartialUpdateFactory(MaskedUploadFactory):
     """Aggregates only the variables trained this round (FedPart's aggregation).
 
     One round (t counts from 0, kept in the state):
@@ -67,7 +67,8 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
 
     Raises:
       TypeError: If a schedule is not callable or `inner_factory` is not a
-        weighted factory.
+        weighted factory. `create` raises ValueError if the schedule's mask
+        does not have one entry per tensor of the value type.
 
     Examples:
       >>> import numpy as np, tensorflow as tf, tensorflow_federated as tff
@@ -106,25 +107,7 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
         self._group_schedule = group_schedule
         self._inner_factory = inner_factory
 
-    def create(
-        self, value_type: tff.types.Type, weight_type: tff.types.Type
-    ) -> tff.templates.AggregationProcess:
-        """Builds the aggregation process for `value_type` (see the class docstring).
-
-        Args:
-          value_type: A structure of float tensors with fully defined shapes.
-          weight_type: A float `tff.TensorType`.
-
-        Returns:
-          A `tff.templates.AggregationProcess` whose state is a `PartialUpdateState`.
-
-        Raises:
-          TypeError: If the types are not as above.
-          ValueError: If the schedule's mask does not have one entry per tensor.
-        """
-        value_type, weight_type = check_aggregation_types(
-            "PartialUpdateFactory", value_type, weight_type
-        )
+    def _parts(self, value_type: tff.types.Type) -> MaskedParts:
         num_variables = len(tf.nest.flatten(tff.types.type_to_tf_tensor_specs(value_type)))
         with tf.Graph().as_default():
             probe = tf.convert_to_tensor(self._trainable_schedule(tf.constant(0, tf.int32)))
@@ -163,12 +146,4 @@ class PartialUpdateFactory(tff.aggregators.WeightedAggregationFactory):
             new_state = PartialUpdateState(round_num=state.round_num + 1, inner=inner_state)
             return new_state, result, measurements
 
-        return build_masked_process(
-            owner="PartialUpdateFactory",
-            value_type=value_type,
-            weight_type=weight_type,
-            inner_factory=self._inner_factory,
-            init_state=init_state,
-            sent_mask=sent_mask,
-            server_update=server_update,
-        )
+        return MaskedParts(init_state, sent_mask, server_update)

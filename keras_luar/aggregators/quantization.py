@@ -61,6 +61,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import _runtime
+from keras_luar._federated import server_and_clients, state_around_inner
 from keras_luar._validation import (
     check_aggregation_types,
     check_int,
@@ -327,32 +328,23 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
     def create(
         self, value_type: tff.types.Type, weight_type: tff.types.Type
     ) -> tff.templates.AggregationProcess:
-        """Builds the aggregation process for `value_type`.
+        """The process quantizing each client's update of `value_type`.
 
-        Args:
-          value_type: A structure of float tensors with fully defined shapes.
-          weight_type: A float `tff.TensorType`.
-
-        Returns:
-          A `tff.templates.AggregationProcess` whose state is a
-          `QuantizationState` and whose measurements are
-          ``OrderedDict(quantization=OrderedDict(levels, bits_per_coordinate,
-          requantized), inner=...)``.
-
-        Raises:
-          TypeError: If the types are not as above.
+        `value_type` must be a structure of float tensors with fully defined
+        shapes and `weight_type` a float tensor type (TypeError otherwise). The
+        process's state is a `QuantizationState`; its measurements are
+        ``OrderedDict(quantization=OrderedDict(levels, bits_per_coordinate,
+        requantized), inner=...)``.
         """
         value_type, weight_type = check_aggregation_types(
             "QuantizationFactory", value_type, weight_type
         )
         _runtime.install()  # TFF computations follow: guard its worker processes
         inner_process = self._inner_factory.create(value_type, weight_type)
-        inner_state_type = inner_process.initialize.type_signature.result.member
         levels = self._levels
         bits = self.bits_per_coordinate
         seed = self._seed
 
-        @tff.tensorflow.computation(inner_state_type)
         def init_state(inner):
             return QuantizationState(
                 round_num=tf.constant(0, tf.int32),
@@ -360,19 +352,12 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
                 inner=inner,
             )
 
-        @tff.federated_computation()
-        def init_fn():
-            return tff.federated_map(init_state, inner_process.initialize())
-
-        state_type = init_state.type_signature.result
+        init_fn, state_type, get_inner = state_around_inner(inner_process, init_state)
+        inner_state_type = inner_process.initialize.type_signature.result.member
 
         @tff.tensorflow.computation(state_type)
         def get_round_key(state):
             return tf.stack([state.seed, tf.cast(state.round_num, tf.int64)])
-
-        @tff.tensorflow.computation(state_type)
-        def get_inner(state):
-            return state.inner
 
         @tff.tensorflow.computation(value_type, tff.TensorType(np.int64, [2]))
         def quantize_client(value, round_key):
@@ -396,11 +381,7 @@ class QuantizationFactory(tff.aggregators.WeightedAggregationFactory):
             )
             return new_state, result, measurements
 
-        @tff.federated_computation(
-            tff.FederatedType(state_type, tff.SERVER),
-            tff.FederatedType(value_type, tff.CLIENTS),
-            tff.FederatedType(weight_type, tff.CLIENTS),
-        )
+        @tff.federated_computation(*server_and_clients(state_type, value_type, weight_type))
         def next_fn(state, value, weight):
             # Client computation: quantize with a seed from [seed, round] and the update.
             round_key = tff.federated_broadcast(tff.federated_map(get_round_key, state))
