@@ -5,37 +5,37 @@ without importing TensorFlow (which takes seconds). These values are copies of
 what the TensorFlow-side modules define; ``tests/cli/test_cli.py`` checks every one
 against its source, so they cannot drift apart:
 
-* `LUAR_COMPATIBLE`, `DEFAULT_METHODS`, `SERVER_LEARNING_RATE`:
-  ``keras_luar.compare`` (``LUAR_COMPATIBLE``, ``DEFAULT_METHODS``, FedOpt's
-  ``DEFAULT_OPTIONS``);
 * `PRESETS`: ``keras_luar.presets.PRESETS`` (names, in order);
 * `DIGITS_SETUP`: the defaults of ``keras_luar.quickstart.DigitsSetup``;
 * `BACKENDS`: ``keras_luar.backends.BACKENDS``;
 * `DIGITS_MODELS`: ``keras_luar.experiments.digits.DIGITS_MODELS`` (names, in order);
 * `PROGRESS_FILE`: the checkpoint's progress file (``keras_luar.training.checkpoint``).
 
-The methods' names come from ``keras_luar.algorithms.registry.names()``, which
-imports no TensorFlow.
+The built-in methods' names and fields (`LUAR_COMPATIBLE`, `DEFAULT_METHODS`,
+`SERVER_LEARNING_RATE`) are read from ``keras_luar/algorithms/methods.toml``
+(``keras_luar.algorithms.registry``), which imports no TensorFlow; ``keras_luar.compare``
+derives the same names from the registered specs.
 """
 
 from __future__ import annotations
 
-LUAR_COMPATIBLE: tuple[str, ...] = ("fedpaq", "fedprox", "fedopt")
+from keras_luar.algorithms.registry import BUILTIN_FIELDS
+
+_METHODS = BUILTIN_FIELDS.items()
+LUAR_COMPATIBLE: tuple[str, ...] = tuple(n for n, f in _METHODS if f.get("luar") == "optional")
+# The comparison's table: the methods without +luar, then each one LUAR stacks on, alone
+# and with LUAR (as `keras_luar.compare.DEFAULT_METHODS`).
 DEFAULT_METHODS: tuple[str, ...] = (
-    "fedavg",
-    "fedluar",
-    "fedlama",
-    "lbgm",
-    "fedpart",
-    "fedpaq",
-    "fedpaq+luar",
-    "fedprox",
-    "fedprox+luar",
-    "fedopt",
-    "fedopt+luar",
+    *(n for n, f in _METHODS if n not in LUAR_COMPATIBLE and f.get("in_comparison", True)),
+    *(
+        m
+        for n in LUAR_COMPATIBLE
+        if BUILTIN_FIELDS[n].get("in_comparison", True)
+        for m in (n, f"{n}+luar")
+    ),
 )
 # FedOpt's server SGD learning rate in `keras-luar compare` (the paper's FEMNIST setting).
-SERVER_LEARNING_RATE = 1.2
+SERVER_LEARNING_RATE: float = BUILTIN_FIELDS["fedopt"]["comparison_options"]["server_learning_rate"]
 PRESETS: tuple[str, ...] = (
     "cifar10_resnet20",
     "cifar100_wrn28",

@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_luar import backends, layers
 from keras_luar._keras_compat import check_metrics, is_sparse_loss, is_subclassed, loss_factory
 from keras_luar._validation import check_choice, check_int, invalid
+from keras_luar.algorithms.local_training import optimizer_hparams
 from keras_luar.training import console
 from keras_luar.training.checkpoint import RoundCheckpoint, run_fingerprint
 from keras_luar.training.client_data import (
@@ -193,7 +194,7 @@ class FederatedTrainer:
         # The model is compiled with a Keras optimizer that carries the client learning
         # rate, so stock callbacks (LearningRateScheduler, ReduceLROnPlateau) can set it.
         optimizer = self.config.client_optimizer
-        lr = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
+        lr = optimizer_hparams(optimizer)
         model.compile(
             optimizer=tf.keras.optimizers.SGD(float(lr.get("learning_rate", 0.01))),
             loss=self._loss_fn(),

@@ -34,6 +34,7 @@ from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
     model_types,
+    optimizer_hparams,
     zeros_if,
 )
 from keras_luar.algorithms.stateful import with_next
@@ -101,6 +102,33 @@ def local_update_fn(
         return delta, weight, trained, metrics
 
     return update
+
+
+def client_round(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    optimizer: tff.learning.optimizers.Optimizer,
+    trainable_schedule: TrainableSchedule | None,
+    num_trainable: int,
+    *,
+    proximal_strength: float,
+    client_weighting: str,
+):
+    """What a round's clients share: ``(hparams, plan, update)``.
+
+    `hparams` are the optimizer's initial hyperparameters, `plan` is
+    `round_plan_fn`'s ``plan(hparams, round_num)`` and `update` is
+    `local_update_fn`'s ``update(plan, initial_weights, data)``.
+    """
+    update = local_update_fn(
+        model_fn,
+        optimizer,
+        proximal_strength=proximal_strength,
+        client_weighting=client_weighting,
+        scheduled=trainable_schedule is not None,
+        num_trainable=num_trainable,
+    )
+    plan = round_plan_fn(trainable_schedule, num_trainable)
+    return optimizer_hparams(optimizer), plan, update
 
 
 def statistics_upload(
@@ -179,16 +207,14 @@ def build_client_work(
     initial_weights, weights_type, batches_type, aggregate_metrics = model_types(model_fn)
     data_type = client_data_type(batches_type, client_weighting)
     num_trainable = len(weights_type.trainable)
-    hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
     average_bn = bn_statistics == "average" and len(weights_type.non_trainable) > 0
-    plan_fn = round_plan_fn(trainable_schedule, num_trainable)
-    local_update = local_update_fn(
+    hparams, plan_fn, local_update = client_round(
         model_fn,
         optimizer,
+        trainable_schedule,
+        num_trainable,
         proximal_strength=proximal_strength,
         client_weighting=client_weighting,
-        scheduled=trainable_schedule is not None,
-        num_trainable=num_trainable,
     )
     quantizer = statistics_quantizer
     seed = 0 if quantizer is None else quantizer.seed

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext
+from keras_luar.algorithms.registry import builtin
+from keras_luar.algorithms.spec import BuildContext
 
 
 def build_fedavg_family(
@@ -74,14 +74,4 @@ def build_fedavg_family(
     return with_global_weight_norms(process)
 
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedavg",
-        title="FedAvg",
-        reference="McMahan et al., AISTATS 2017",
-        build=build_fedavg_family,
-        summary="federated averaging: every client sends every layer every round",
-        luar="never",
-        inner_aggregator=True,
-    )
-)
+SPEC = builtin("fedavg", build_fedavg_family)

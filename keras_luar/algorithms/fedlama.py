@@ -78,6 +78,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from keras_luar import layers
+from keras_luar._federated import server_and_clients
 from keras_luar._types import ClientWeighting
 from keras_luar._validation import check_bn_statistics, check_int, check_weighting
 from keras_luar.aggregators.measurements import communication_measurements
@@ -86,9 +87,10 @@ from keras_luar.algorithms.local_training import (
     all_finite,
     build_local_training,
     model_types,
+    optimizer_hparams,
 )
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+from keras_luar.algorithms.registry import builtin
+from keras_luar.algorithms.spec import BuildContext, Option
 from keras_luar.algorithms.stateful import (
     StatefulClientProcess,
     StatefulOutput,
@@ -201,9 +203,7 @@ def build_fedlama(
     nbytes = np.array([v.nbytes for v in layout.trainable], np.int64)
     shapes = [(v.shape, tf.as_dtype(v.dtype)) for v in layout.trainable]
     candidates = layout.candidate_indices
-    hparams = client_optimizer.get_hparams(
-        client_optimizer.initialize(tf.TensorSpec([], tf.float32))
-    )
+    hparams = optimizer_hparams(client_optimizer)
 
     @tff.tensorflow.computation()
     def init_state():
@@ -384,11 +384,7 @@ def build_fedlama(
         fedlama = collections.OrderedDict(intervals=intervals, discrepancy=discrepancy)
         return new_state, communication, fedlama
 
-    @tff.federated_computation(
-        tff.FederatedType(state_type, tff.SERVER),
-        tff.FederatedType(data_type, tff.CLIENTS),
-        tff.FederatedType(client_state_type, tff.CLIENTS),
-    )
+    @tff.federated_computation(*server_and_clients(state_type, data_type, client_state_type))
     def next_fn(state, data, client_states):
         plan = tff.federated_map(round_plan, state)
         upload, kept, model_metrics = tff.federated_map(
@@ -429,22 +425,12 @@ def _build(context: BuildContext) -> StatefulClientProcess:
     )
 
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedlama",
-        title="FedLAMA",
-        reference="Lee et al., AAAI 2023",
-        build=_build,
-        summary="layer-wise aggregation intervals: layers that agree are averaged every φ rounds",
-        options={
-            "aggregation_interval": Option(
-                2, lambda n, v: check_int(n, v, 1), "φ, the longer interval and sampling period"
-            ),
-            "fedavg_rounds": Option(
-                8, lambda n, v: check_int(n, v, 0), "FedAvg rounds before intervals adapt"
-            ),
-        },
-        bn_statistics=("average", "local"),
-        server_optimizer="none",
-    )
-)
+OPTIONS = {
+    "aggregation_interval": Option(
+        2, lambda n, v: check_int(n, v, 1), "φ, the longer interval and sampling period"
+    ),
+    "fedavg_rounds": Option(
+        8, lambda n, v: check_int(n, v, 0), "FedAvg rounds before intervals adapt"
+    ),
+}
+SPEC = builtin("fedlama", _build, options=OPTIONS)

@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar.algorithms.local_training import optimizer_hparams
+
 
 def adjusted_intervals(
     discrepancy: tf.Tensor,
@@ -94,5 +96,4 @@ def _is_plain_step(optimizer: object) -> bool:
     plain = tff.learning.optimizers.build_sgdm(1.0)
     if type(optimizer) is not type(plain):
         return False
-    spec = tf.TensorSpec([], tf.float32)
-    return dict(optimizer.get_hparams(optimizer.initialize(spec))) == {"learning_rate": 1.0}
+    return dict(optimizer_hparams(optimizer)) == {"learning_rate": 1.0}

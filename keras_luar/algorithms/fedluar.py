@@ -13,17 +13,6 @@ References:
 from __future__ import annotations
 
 from keras_luar.algorithms.fedavg import build_fedavg_family
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec
+from keras_luar.algorithms.registry import builtin
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedluar",
-        title="FedLUAR",
-        reference="Kim, Kang, Lee, 2025",
-        build=build_fedavg_family,
-        summary="FedAvg that recycles δ low-scoring layers' last update instead of uploading them",
-        luar="always",
-        inner_aggregator=True,
-    )
-)
+SPEC = builtin("fedluar", build_fedavg_family)

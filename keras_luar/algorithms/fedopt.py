@@ -12,20 +12,6 @@ References:
 from __future__ import annotations
 
 from keras_luar.algorithms.fedavg import build_fedavg_family
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec
+from keras_luar.algorithms.registry import builtin
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedopt",
-        title="FedOpt",
-        reference="Reddi et al., ICLR 2021",
-        build=build_fedavg_family,
-        summary="FedAvg whose aggregated update goes through a server optimizer",
-        luar="optional",
-        inner_aggregator=True,
-        server_optimizer="required",
-        # The paper's FEMNIST setting: server SGD with learning rate 1.2.
-        comparison_options={"server_learning_rate": 1.2},
-    )
-)
+SPEC = builtin("fedopt", build_fedavg_family)

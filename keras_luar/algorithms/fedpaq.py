@@ -18,8 +18,8 @@ from typing import Any
 
 from keras_luar._validation import check_bool, check_int, check_optional_bool
 from keras_luar.algorithms.fedavg import build_fedavg_family
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+from keras_luar.algorithms.registry import builtin
+from keras_luar.algorithms.spec import BuildContext, Option
 
 
 def _build(context: BuildContext) -> Any:
@@ -39,28 +39,17 @@ def _build(context: BuildContext) -> Any:
     )
 
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedpaq",
-        title="FedPAQ",
-        reference="Reisizadeh et al., AISTATS 2020",
-        build=_build,
-        summary="FedAvg with clients' updates quantized to s levels",
-        options={
-            "quantization_levels": Option(
-                16, lambda n, v: check_int(n, v, 1), "s, quantization levels (paper: 16 or 8)"
-            ),
-            "requantize_aggregate": Option(
-                None,
-                check_optional_bool,
-                "quantize the aggregate again at the server (None: with LUAR, as official)",
-            ),
-            "quantize_statistics": Option(
-                True, check_bool, "quantize the change of the BatchNorm statistics (official)"
-            ),
-        },
-        luar="optional",
-        # The paper's FEMNIST setting.
-        comparison_options={"quantization_levels": 8},
-    )
-)
+OPTIONS = {
+    "quantization_levels": Option(
+        16, lambda n, v: check_int(n, v, 1), "s, quantization levels (paper: 16 or 8)"
+    ),
+    "requantize_aggregate": Option(
+        None,
+        check_optional_bool,
+        "quantize the aggregate again at the server (None: with LUAR, as official)",
+    ),
+    "quantize_statistics": Option(
+        True, check_bool, "quantize the change of the BatchNorm statistics (official)"
+    ),
+}
+SPEC = builtin("fedpaq", _build, options=OPTIONS)

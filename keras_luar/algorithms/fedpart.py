@@ -77,8 +77,8 @@ from keras_luar._types import BnStatistics, ClientWeighting
 from keras_luar._validation import check_int
 from keras_luar.aggregators.partial import PartialUpdateFactory, PartialUpdateState
 from keras_luar.algorithms.client_work import build_learning_process
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+from keras_luar.algorithms.registry import builtin
+from keras_luar.algorithms.spec import BuildContext, Option
 from keras_luar.layer_groups import GroupSpec, LayerGroup, check_groups, layer_groups
 
 __all__ = [
@@ -331,20 +331,10 @@ def _count(minimum: int) -> Callable[[str, Any], int]:
     return lambda name, value: check_int(name, value, minimum)
 
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedpart",
-        title="FedPart",
-        reference="Wang et al., NeurIPS 2024",
-        build=_build,
-        summary="partial network updates: one layer group trains and is sent per round",
-        options={
-            "warmup_rounds": Option(5, _count(0), "full-network rounds before the first cycle"),
-            "rounds_per_group": Option(2, _count(1), "consecutive rounds per group"),
-            "full_rounds_between_cycles": Option(5, _count(0), "full rounds after each cycle"),
-            "groups": Option(None, _check_group_entries, "explicit layer groups (None: derived)"),
-        },
-        client_weighting="example",
-        bn_statistics=("average", "local"),
-    )
-)
+OPTIONS = {
+    "warmup_rounds": Option(5, _count(0), "full-network rounds before the first cycle"),
+    "rounds_per_group": Option(2, _count(1), "consecutive rounds per group"),
+    "full_rounds_between_cycles": Option(5, _count(0), "full rounds after each cycle"),
+    "groups": Option(None, _check_group_entries, "explicit layer groups (None: derived)"),
+}
+SPEC = builtin("fedpart", _build, options=OPTIONS)

@@ -15,28 +15,17 @@ from typing import Any
 
 from keras_luar._validation import check_float
 from keras_luar.algorithms.fedavg import build_fedavg_family
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+from keras_luar.algorithms.registry import builtin
+from keras_luar.algorithms.spec import BuildContext, Option
 
 
 def _build(context: BuildContext) -> Any:
     return build_fedavg_family(context, proximal_strength=context.options["proximal_strength"])
 
 
-SPEC = register(
-    AlgorithmSpec(
-        name="fedprox",
-        title="FedProx",
-        reference="Li et al., MLSys 2020",
-        build=_build,
-        summary="FedAvg with a proximal term μ/2·‖w − x_t‖² in local training",
-        options={
-            "proximal_strength": Option(
-                0.001, lambda n, v: check_float(n, v, 0.0), "FedProx's μ (the paper: 0.001)"
-            )
-        },
-        luar="optional",
-        inner_aggregator=True,
-        comparison_options={"proximal_strength": 0.001},
+OPTIONS = {
+    "proximal_strength": Option(
+        0.001, lambda n, v: check_float(n, v, 0.0), "FedProx's μ (the paper: 0.001)"
     )
-)
+}
+SPEC = builtin("fedprox", _build, options=OPTIONS)

@@ -88,12 +88,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar._federated import server_initialize
 from keras_luar._types import ClientWeighting
 from keras_luar._validation import check_bool, check_choice, check_float
 from keras_luar.aggregators.measurements import communication_measurements
 from keras_luar.algorithms.local_training import (
     build_local_training,
     model_types,
+    optimizer_hparams,
 )
 from keras_luar.algorithms.look_back import (
     DEFAULT_WEIGHTINGS,
@@ -103,8 +105,8 @@ from keras_luar.algorithms.look_back import (
     official_decision,
     paper_decision,
 )
-from keras_luar.algorithms.registry import register
-from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext, Option
+from keras_luar.algorithms.registry import builtin
+from keras_luar.algorithms.spec import BuildContext, Option
 from keras_luar.algorithms.stateful import (
     StatefulClientProcess,
     StatefulOutput,
@@ -227,9 +229,7 @@ def build_lbgm(
     num_trainable = len(trainable_types)
     has_stats = len(weights_type.non_trainable) > 0
     sizes = np.asarray(trainable_sizes(weights_type), np.int64)
-    hparams = client_optimizer.get_hparams(
-        client_optimizer.initialize(tf.TensorSpec([], tf.float32))
-    )
+    hparams = optimizer_hparams(client_optimizer)
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
         server_optimizer, weights_type
     )
@@ -317,15 +317,11 @@ def build_lbgm(
         ]
         return ModelWeights(trainable=list(weights.trainable), non_trainable=new)
 
-    @tff.federated_computation()
-    def initialize():
-        return tff.federated_zip(
-            collections.OrderedDict(
-                global_model_weights=tff.federated_eval(initial_weights, tff.SERVER),
-                client_hparams=tff.federated_eval(initial_hparams, tff.SERVER),
-                server_optimizer=finalizer.initialize(),
-            )
-        )
+    initialize = server_initialize(
+        global_model_weights=initial_weights,
+        client_hparams=initial_hparams,
+        server_optimizer=finalizer.initialize,
+    )
 
     server_state_type = initialize.type_signature.result
 
@@ -398,33 +394,28 @@ def _build(context: BuildContext) -> StatefulClientProcess:
     )
 
 
-SPEC = register(
-    AlgorithmSpec(
-        name="lbgm",
-        title="LBGM",
-        reference="Azam et al., ICLR 2022",
-        build=_build,
-        summary="look-back gradients: a client sends one number per tensor when its update "
-        "is close to a multiple of an old one",
-        options={
-            "lbgm_threshold": Option(
-                None,
-                lambda n, v: None if v is None else check_float(n, v, 0.0, 1.0),
-                "largest 1 − cos² sent as a scalar (None: 0.2 official, 0.95 paper)",
-            ),
-            "error_feedback": Option(False, check_bool, "keep the residual of scalar sends"),
-            "lbgm_variant": Option(
-                "official",
-                lambda n, v: check_choice(n, v, ("official", "paper")),
-                "'official' (FedOptim) or 'paper' (the FedLUAR paper's baseline)",
-            ),
-            "server_momentum": Option(
-                0.0,
-                lambda n, v: check_float(n, v, 0.0, 1.0, open_high=True),
-                "momentum of the server SGD (official: 0.9)",
-            ),
-        },
-        client_weighting=lambda options: DEFAULT_WEIGHTINGS[options["lbgm_variant"]],
-        check=_check,
-    )
-)
+OPTIONS = {
+    "lbgm_threshold": Option(
+        None,
+        lambda n, v: None if v is None else check_float(n, v, 0.0, 1.0),
+        "largest 1 − cos² sent as a scalar (None: 0.2 official, 0.95 paper)",
+    ),
+    "error_feedback": Option(False, check_bool, "keep the residual of scalar sends"),
+    "lbgm_variant": Option(
+        "official",
+        lambda n, v: check_choice(n, v, ("official", "paper")),
+        "'official' (FedOptim) or 'paper' (the FedLUAR paper's baseline)",
+    ),
+    "server_momentum": Option(
+        0.0,
+        lambda n, v: check_float(n, v, 0.0, 1.0, open_high=True),
+        "momentum of the server SGD (official: 0.9)",
+    ),
+}
+
+
+def _weighting(options):
+    return DEFAULT_WEIGHTINGS[options["lbgm_variant"]]
+
+
+SPEC = builtin("lbgm", _build, options=OPTIONS, client_weighting=_weighting, check=_check)

@@ -31,12 +31,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from keras_luar._federated import server_initialize
 from keras_luar._validation import check_weighting
 from keras_luar.algorithms.client_work import (
     TrainableSchedule,
     check_proximal_strength,
-    local_update_fn,
-    round_plan_fn,
+    client_round,
 )
 from keras_luar.algorithms.local_training import all_finite, model_types
 from keras_luar.algorithms.stateful import StatefulClientProcess, StatefulOutput
@@ -91,21 +91,17 @@ def build_with_local_statistics(
     data_type = client_data_type(batches_type, client_weighting)
     num_trainable = len(weights_type.trainable)
     stats_types = list(weights_type.non_trainable)
-    hparams = client_optimizer.get_hparams(
-        client_optimizer.initialize(tf.TensorSpec([], tf.float32))
-    )
     aggregator = model_aggregator.create(weights_type.trainable, tff.TensorType(np.float32))
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
         server_optimizer, weights_type
     )
-    plan_fn = round_plan_fn(trainable_schedule, num_trainable)
-    local_update = local_update_fn(
+    hparams, plan_fn, local_update = client_round(
         model_fn,
         client_optimizer,
+        trainable_schedule,
+        num_trainable,
         proximal_strength=proximal_strength,
         client_weighting=client_weighting,
-        scheduled=trainable_schedule is not None,
-        num_trainable=num_trainable,
     )
 
     @tff.tensorflow.computation()
@@ -121,17 +117,13 @@ def build_with_local_statistics(
 
     client_state_type = initial_client_state.type_signature.result
 
-    @tff.federated_computation()
-    def initialize():
-        return tff.federated_zip(
-            collections.OrderedDict(
-                global_model_weights=tff.federated_eval(initial_weights, tff.SERVER),
-                client_hparams=tff.federated_eval(initial_hparams, tff.SERVER),
-                round_num=tff.federated_value(np.int32(0), tff.SERVER),
-                aggregator=aggregator.initialize(),
-                finalizer=finalizer.initialize(),
-            )
-        )
+    initialize = server_initialize(
+        global_model_weights=initial_weights,
+        client_hparams=initial_hparams,
+        round_num=np.int32(0),
+        aggregator=aggregator.initialize,
+        finalizer=finalizer.initialize,
+    )
 
     server_state_type = initialize.type_signature.result
 

@@ -154,6 +154,11 @@ class ModelTypes(NamedTuple):
     aggregate_metrics: Any  # federated computation: sum-then-finalize of the model metrics
 
 
+def optimizer_hparams(optimizer: tff.learning.optimizers.Optimizer) -> Any:
+    """The hyperparameters `optimizer` starts with (its learning rate, momentum...)."""
+    return optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
+
+
 def model_types(model_fn: Callable[[], tff.learning.models.VariableModel]) -> ModelTypes:
     """Probes `model_fn` once (in a throw-away graph) for the types a process needs.
 

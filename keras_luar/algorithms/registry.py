@@ -1,9 +1,11 @@
 """The methods `FederatedTrainer` can run, by name, in the order the docs list them.
 
-Each method module declares its `AlgorithmSpec` and calls `register` when it is
-imported. The built-in modules are imported on first lookup, so reading the
-names costs nothing and the command line can list them before TensorFlow loads.
-A user or a test can register a method of its own the same way:
+The built-in methods are described in ``methods.toml`` (title, paper, whether
+LUAR stacks on them, their weighting and BatchNorm rules, their comparison
+settings), which is read without importing TensorFlow, so that the command line
+can list and check them before TensorFlow loads. Each method's module adds its
+code with `builtin` when it is imported, on first lookup. A user or a test
+registers a method of its own with a whole `AlgorithmSpec`:
 
     register(AlgorithmSpec("mymethod", "MyMethod", "me, 2026", build=my_build))
 
@@ -14,21 +16,19 @@ compare` and `keras-luar run`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from importlib import resources
+from typing import Any
 
-from keras_luar.algorithms.spec import AlgorithmSpec
+from keras_luar.algorithms.spec import AlgorithmSpec, BuildContext
 
-# name -> the module that registers it, in table order. The only list of built-ins.
-BUILTIN: dict[str, str] = {
-    "fedavg": "keras_luar.algorithms.fedavg",
-    "fedluar": "keras_luar.algorithms.fedluar",
-    "fedlama": "keras_luar.algorithms.fedlama",
-    "lbgm": "keras_luar.algorithms.lbgm",
-    "fedpart": "keras_luar.algorithms.fedpart",
-    "fedpaq": "keras_luar.algorithms.fedpaq",
-    "fedprox": "keras_luar.algorithms.fedprox",
-    "fedopt": "keras_luar.algorithms.fedopt",
-}
+# name -> its fields in methods.toml, in table order. The only list of built-ins.
+BUILTIN_FIELDS: dict[str, dict[str, Any]] = tomllib.loads(
+    resources.files(__package__).joinpath("methods.toml").read_text(encoding="utf-8")
+)
+# name -> the module that registers it.
+BUILTIN: dict[str, str] = {name: fields["module"] for name, fields in BUILTIN_FIELDS.items()}
 
 _SPECS: dict[str, AlgorithmSpec] = {}
 
@@ -46,6 +46,21 @@ def register(spec: AlgorithmSpec, *, replace: bool = False) -> AlgorithmSpec:
         raise ValueError(f"register: an algorithm named {spec.name!r} is registered already.")
     _SPECS[spec.name] = spec
     return spec
+
+
+def builtin(name: str, build: Callable[[BuildContext], Any], **code: Any) -> AlgorithmSpec:
+    """Registers the built-in method `name`: its fields in methods.toml, with its code.
+
+    Args:
+      name: A method of methods.toml.
+      build: Its build function (`AlgorithmSpec.build`).
+      **code: The fields that are code rather than data: ``options``, ``check``,
+        a ``client_weighting`` function.
+    """
+    fields = {k: v for k, v in BUILTIN_FIELDS[name].items() if k != "module"}
+    if "bn_statistics" in fields:
+        fields["bn_statistics"] = tuple(fields["bn_statistics"])
+    return register(AlgorithmSpec(name=name, build=build, **fields, **code))
 
 
 def unregister(name: str) -> None:
