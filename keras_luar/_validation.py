@@ -7,9 +7,11 @@ TypeError for a value of the wrong kind, ValueError for one out of range.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,43 @@ def check_bool(name: str, value: Any) -> bool:
 def check_optional_bool(name: str, value: Any) -> bool | None:
     """None, or a bool."""
     return None if value is None else check_bool(name, value)
+
+
+def argument_checker(kinds: Mapping[str, Callable[[str, Any], Any]]) -> Callable[..., Callable]:
+    """A decorator factory checking arguments by kind, with the checks of `kinds`.
+
+    ``checker(size="a b", flag="c")`` decorates a function so that, before each
+    call, arguments ``a`` and ``b`` become ``kinds["size"]("a", a)`` and so on,
+    kind by kind in the order given, then name by name: the checked (and
+    converted) values are what the function receives, and a bad one raises
+    before its body runs.
+    """
+
+    def checker(**groups: str) -> Callable[[Callable], Callable]:
+        unknown = set(groups) - set(kinds)
+        if unknown:
+            raise TypeError(f"argument kinds {sorted(unknown)} unknown; expected {sorted(kinds)}")
+        plan = [(name, kinds[kind]) for kind, names in groups.items() for name in names.split()]
+
+        def decorate(function: Callable) -> Callable:
+            signature = inspect.signature(function)
+            missing = [name for name, _ in plan if name not in signature.parameters]
+            if missing:
+                raise TypeError(f"{function.__qualname__} has no argument(s) {missing}")
+
+            @functools.wraps(function)
+            def checked(*args, **kwargs):
+                bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                for name, check in plan:
+                    bound.arguments[name] = check(name, bound.arguments[name])
+                return function(*bound.args, **bound.kwargs)
+
+            return checked
+
+        return decorate
+
+    return checker
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -205,3 +244,13 @@ def check_built_model(model: Any) -> Any:
             f"an unbuilt {type(model).__name__}",
         )
     return model
+
+
+check_arguments = argument_checker(
+    {
+        "size": lambda name, value: check_int(name, value, 1),
+        "count": lambda name, value: check_int(name, value, 0),
+        "flag": check_bool,
+    }
+)
+"""``@check_arguments(size="a b", count="c", flag="d")``: ints >= 1, ints >= 0, bools."""

@@ -174,16 +174,16 @@ def load_femnist_federated(
       ValueError: If an argument is invalid, checked before any file is
         read, or if the split has fewer writers than `num_clients`.
       TypeError: If `data_dir` is not a path.
-      MissingDataError: If ``emnist_all.sqlite`` is neither in the cache directory
-        nor downloadable, or is damaged.
+      MissingDataError: When ``emnist_all.sqlite`` is missing from the data cache
+        and `download` is off or fails, or when the file is damaged.
 
     Examples:
-      >>> from keras_luar.data.cache import MissingDataError
-      >>> try:
-      ...     load_femnist_federated(4, data_dir="/nonexistent/data", download=False)
-      ... except MissingDataError as err:
-      ...     print(str(err).split(". Expected")[0])
-      FEMNIST is not in the data cache and could not be downloaded (download=False)
+      Without the file and with `download` off, it stops before reading anything:
+
+      >>> load_femnist_federated(4, data_dir="/nonexistent/data", download=False)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      keras_luar.data.cache.MissingDataError: FEMNIST is not in the data cache and could not be downloaded (download=False)...
 
     References:
       Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018.

@@ -134,16 +134,16 @@ def load_shakespeare_federated(
       ValueError: If an argument is invalid, checked before any file is
         read, or if fewer roles than `num_clients` have `min_size` sequences.
       TypeError: If `data_dir` is not a path.
-      MissingDataError: If ``shakespeare.sqlite`` is neither in the cache directory
-        nor downloadable, or is damaged.
+      MissingDataError: For a damaged ``shakespeare.sqlite``, or none in the
+        cache directory and none downloaded.
 
     Examples:
-      >>> from keras_luar.data.cache import MissingDataError
-      >>> try:
-      ...     load_shakespeare_federated(data_dir="/nonexistent/data", download=False)
-      ... except MissingDataError as err:
-      ...     print(str(err).split(". Expected")[0])
-      Shakespeare is not in the data cache and could not be downloaded (download=False)
+      Without the file and with `download` off, it stops before reading anything:
+
+      >>> load_shakespeare_federated(data_dir="/nonexistent/data", download=False)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      keras_luar.data.cache.MissingDataError: Shakespeare is not in the data cache and could not be downloaded (download=False)...
 
     References:
       Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_luar._validation import check_int
+from keras_luar._validation import argument_checker, check_bool, check_int
 
 
 def check_weight_decay(value: Any) -> float:
@@ -39,6 +39,12 @@ def check_rate(name: str, value: Any) -> float:
             f"Received: {name}={value!r}"
         )
     return float(value)
+
+
+check_model_arguments = argument_checker(
+    {"size": lambda name, value: check_int(name, value, 1), "flag": check_bool, "rate": check_rate}
+)
+"""``@check_model_arguments(size="a b", flag="c", rate="d")``: ints >= 1, bools, rates in [0, 1)."""
 
 
 def check_image_shape(value: Any, channels: int) -> tuple[int | None, int | None, int]:

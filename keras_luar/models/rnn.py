@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_luar.models._common import check_bool, check_int, l2, logits_model
+from keras_luar.models._common import check_model_arguments, l2, logits_model
 
 # TFF's Shakespeare preprocessing: 86 characters plus pad (0), out-of-vocabulary,
 # beginning- and end-of-snippet ids.
 TFF_SHAKESPEARE_VOCABULARY_SIZE = 90
 
 
+@check_model_arguments(
+    size="vocabulary_size sequence_length embed_dim units num_layers", flag="mask_zero"
+)
 def char_rnn(
     vocabulary_size: int = TFF_SHAKESPEARE_VOCABULARY_SIZE,
     sequence_length: int = 80,
@@ -63,10 +66,11 @@ def char_rnn(
       ValueError: If a size is < 1 or `weight_decay` < 0.
 
     Examples:
-      >>> from keras_luar.layers import describe_model
+      One next-character distribution per input position:
+
       >>> model = char_rnn()
-      >>> describe_model(model).num_candidates, model.count_params()
-      (6, 820522)
+      >>> model(tf.zeros([2, 80], tf.int32)).shape, model.count_params()
+      (TensorShape([2, 80, 90]), 820522)
 
     References:
       McMahan, Moore, Ramage, Hampson, Agüera y Arcas, "Communication-Efficient
@@ -74,12 +78,6 @@ def char_rnn(
       Caldas et al., "LEAF: A Benchmark for Federated Settings", 2018 (the
       Shakespeare data).
     """
-    vocabulary_size = check_int("vocabulary_size", vocabulary_size, 1)
-    sequence_length = check_int("sequence_length", sequence_length, 1)
-    embed_dim = check_int("embed_dim", embed_dim, 1)
-    units = check_int("units", units, 1)
-    num_layers = check_int("num_layers", num_layers, 1)
-    mask_zero = check_bool("mask_zero", mask_zero)
     reg = l2(weight_decay)
 
     layers = tf.keras.layers

@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_luar.models._common import check_int, check_rate, l2, logits_model
+from keras_luar.models._common import check_int, check_model_arguments, l2, logits_model
 
 
 @tf.keras.utils.register_keras_serializable(package="keras_luar")
@@ -61,6 +61,10 @@ class PositionEmbedding(tf.keras.layers.Layer):
         return config
 
 
+@check_model_arguments(
+    size="vocabulary_size sequence_length num_classes embed_dim num_heads ff_dim num_blocks",
+    rate="dropout",
+)
 def text_classifier(
     vocabulary_size: int = 20000,
     sequence_length: int = 128,
@@ -130,14 +134,6 @@ def text_classifier(
       Sanh, Debut, Chaumond, Wolf, "DistilBERT, a distilled version of BERT",
       2019 (the paper's model).
     """
-    vocabulary_size = check_int("vocabulary_size", vocabulary_size, 1)
-    sequence_length = check_int("sequence_length", sequence_length, 1)
-    num_classes = check_int("num_classes", num_classes, 1)
-    embed_dim = check_int("embed_dim", embed_dim, 1)
-    num_heads = check_int("num_heads", num_heads, 1)
-    ff_dim = check_int("ff_dim", ff_dim, 1)
-    num_blocks = check_int("num_blocks", num_blocks, 1)
-    dropout = check_rate("dropout", dropout)
     reg = l2(weight_decay)
     if embed_dim % num_heads:
         raise ValueError(
