@@ -44,66 +44,66 @@ __all__ = [
 ]
 
 
-def _arguments(data_dir: Any, download: bool, num_clients: Any, seed: int) -> dict[str, Any]:
-    return dict(data_dir=data_dir, download=download, num_clients=num_clients, seed=seed)
+def _preset(spec: PresetSpec, summary: str, data: str, clients: str, num_clients: int | None):
+    """The function that makes `spec`'s `Preset`, documented by its summary and data."""
+
+    def preset(
+        *,
+        data_dir: Any = None,
+        download: bool = True,
+        num_clients: int | None = num_clients,
+        seed: int = 0,
+    ) -> Preset:
+        return make_preset(
+            spec, data_dir=data_dir, download=download, num_clients=num_clients, seed=seed
+        )
+
+    preset.__name__ = preset.__qualname__ = spec.name
+    preset.__doc__ = (
+        f"{summary}\n\nReturns the `Preset` of the `{spec.name.upper()}` row. `data_dir` is the "
+        f"data cache, which holds {data}; `num_clients` is {clients}. The arguments and errors "
+        "are `make_preset`'s."
+    )
+    return preset
 
 
-def cifar10_resnet20(
-    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
-) -> Preset:
-    """CIFAR-10 with ResNet-20: 128 clients, Dirichlet α = 0.1, δ = 12, 200 rounds.
-
-    Returns the `Preset` of the `CIFAR10_RESNET20` row; `data_dir` is the cache that holds
-    ``cifar-10-batches-py/`` or its archive (`keras_luar.data.cifar`), `num_clients` the Dirichlet split's clients; the arguments and errors are `make_preset`'s.
-    """
-    return make_preset(CIFAR10_RESNET20, **_arguments(data_dir, download, num_clients, seed))
-
-
-def cifar100_wrn28(
-    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
-) -> Preset:
-    """CIFAR-100 with WRN-28-10: 128 clients, Dirichlet α = 0.1, δ = 12, 300 rounds.
-
-    Returns the `Preset` of the `CIFAR100_WRN28` row; `data_dir` is the cache that holds
-    ``cifar-100-python/`` or its archive (`keras_luar.data.cifar`), `num_clients` the Dirichlet split's clients; the arguments and errors are `make_preset`'s.
-    """
-    return make_preset(CIFAR100_WRN28, **_arguments(data_dir, download, num_clients, seed))
-
-
-def femnist_cnn(
-    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
-) -> Preset:
-    """FEMNIST with the paper's CNN: 128 writers, δ = 2, 200 rounds.
-
-    Returns the `Preset` of the `FEMNIST_CNN` row; `data_dir` is the cache that holds
-    TFF's ``emnist_all.sqlite`` (`keras_luar.data.femnist`), `num_clients` the writers to use; the arguments and errors are `make_preset`'s.
-    """
-    return make_preset(FEMNIST_CNN, **_arguments(data_dir, download, num_clients, seed))
-
-
-def agnews_text(
-    *, data_dir: Any = None, download: bool = True, num_clients: int = 128, seed: int = 0
-) -> Preset:
-    """AG News with a small transformer: 128 clients, Dirichlet α = 0.5, 100 rounds.
-
-    See the module docstring of `keras_luar.experiments.presets` for how this
-    differs from the paper's DistilBERT run.
-
-    Returns the `Preset` of the `AGNEWS_TEXT` row; `data_dir` is the cache that holds
-    ``ag_news_csv/train.csv`` and ``test.csv`` (`keras_luar.data.agnews`), `num_clients` the Dirichlet split's clients; the arguments and errors are `make_preset`'s.
-    """
-    return make_preset(AGNEWS_TEXT, **_arguments(data_dir, download, num_clients, seed))
-
-
-def shakespeare(
-    *, data_dir: Any = None, download: bool = True, num_clients: int | None = None, seed: int = 0
-) -> Preset:
-    """Shakespeare next-character prediction with a character LSTM (not in the paper).
-
-    Returns the `Preset` of the `SHAKESPEARE` row; `data_dir` is the cache that holds
-    TFF's ``shakespeare.sqlite`` (`keras_luar.data.shakespeare`), `num_clients` the speaking roles to use (None: all); the arguments and errors are `make_preset`'s.
-    """
-    return make_preset(SHAKESPEARE, **_arguments(data_dir, download, num_clients, seed))
+cifar10_resnet20 = _preset(
+    CIFAR10_RESNET20,
+    "CIFAR-10 with ResNet-20: 128 clients, Dirichlet α = 0.1, δ = 12, 200 rounds.",
+    "``cifar-10-batches-py/`` or its archive (`keras_luar.data.cifar`)",
+    "the number of clients of the Dirichlet split",
+    128,
+)
+cifar100_wrn28 = _preset(
+    CIFAR100_WRN28,
+    "CIFAR-100 with WRN-28-10: 128 clients, Dirichlet α = 0.1, δ = 12, 300 rounds.",
+    "``cifar-100-python/`` or its archive (`keras_luar.data.cifar`)",
+    "the number of clients of the Dirichlet split",
+    128,
+)
+femnist_cnn = _preset(
+    FEMNIST_CNN,
+    "FEMNIST with the paper's CNN: 128 writers, δ = 2, 200 rounds.",
+    "TFF's ``emnist_all.sqlite`` (`keras_luar.data.femnist`)",
+    "the number of writers to use",
+    128,
+)
+agnews_text = _preset(
+    AGNEWS_TEXT,
+    "AG News with a small transformer: 128 clients, Dirichlet α = 0.5, 100 rounds (see the "
+    "module docstring of `keras_luar.experiments.presets` for how it departs from the paper's "
+    "DistilBERT run).",
+    "``ag_news_csv/train.csv`` and ``test.csv`` (`keras_luar.data.agnews`)",
+    "the number of clients of the Dirichlet split",
+    128,
+)
+shakespeare = _preset(
+    SHAKESPEARE,
+    "Shakespeare next-character prediction with a character LSTM (not in the paper).",
+    "TFF's ``shakespeare.sqlite`` (`keras_luar.data.shakespeare`)",
+    "the number of speaking roles to use (None: all)",
+    None,
+)
 
 
 PRESETS: dict[str, Callable[..., Preset]] = {

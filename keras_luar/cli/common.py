@@ -29,20 +29,45 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# The digits experiment's options: (flag, type, help). Each flag names a DigitsSetup field
+# (--num-clients -> num_clients) and takes its default from defaults.DIGITS_SETUP.
+_SETUP_OPTIONS = (
+    ("--rounds", _positive_int, "federated rounds"),
+    ("--num-clients", _positive_int, "clients in total"),
+    ("--clients-per-round", _positive_int, "clients sampled per round"),
+    ("--alpha", _positive_float, "Dirichlet α"),
+    ("--local-steps", _positive_int, "τ, local steps"),
+    ("--batch-size", _positive_int, "local batch size"),
+    ("--learning-rate", _positive_float, "local SGD learning rate (momentum 0.9)"),
+)
+
+
+def _field(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def _add_command(
+    subparsers, name: str, doc: str, *, extra: str = "", show_defaults: bool = True
+) -> argparse.ArgumentParser:
+    """Adds the subcommand `name`, documented by its module's docstring `doc`.
+
+    The help is what follows the colon on the docstring's first line; the
+    description is the rest of the docstring, then `extra`.
+    """
+    head, _, body = doc.partition("\n\n")
+    return subparsers.add_parser(
+        name,
+        help=head.partition(": ")[2].rstrip("."),
+        description=" ".join(f"{body} {extra}".split()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        if show_defaults
+        else argparse.HelpFormatter,
+    )
+
+
 def _add_common(parser, *, seeds: bool) -> None:
-    setup = defaults.DIGITS_SETUP
-    parser.add_argument(
-        "--rounds", type=_positive_int, default=setup["rounds"], help="federated rounds"
-    )
-    parser.add_argument(
-        "--num-clients", type=_positive_int, default=setup["num_clients"], help="clients in total"
-    )
-    parser.add_argument(
-        "--clients-per-round",
-        type=_positive_int,
-        default=setup["clients_per_round"],
-        help="clients sampled per round",
-    )
+    for flag, kind, text in _SETUP_OPTIONS:
+        parser.add_argument(flag, type=kind, default=defaults.DIGITS_SETUP[_field(flag)], help=text)
     parser.add_argument(
         "--num-recycled-layers",
         "--delta",
@@ -50,19 +75,6 @@ def _add_common(parser, *, seeds: bool) -> None:
         default=2,
         help="FedLUAR's δ: layers recycled per round (the digits CNN has 4 candidates); "
         "for run: given, it also stacks LUAR on the methods that take it",
-    )
-    parser.add_argument("--alpha", type=_positive_float, default=setup["alpha"], help="Dirichlet α")
-    parser.add_argument(
-        "--local-steps", type=_positive_int, default=setup["local_steps"], help="τ, local steps"
-    )
-    parser.add_argument(
-        "--batch-size", type=_positive_int, default=setup["batch_size"], help="local batch size"
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=_positive_float,
-        default=setup["learning_rate"],
-        help="local SGD learning rate (momentum 0.9)",
     )
     parser.add_argument(
         "--model",
@@ -88,16 +100,8 @@ def _add_common(parser, *, seeds: bool) -> None:
 def _setup_from(args):
     from keras_luar.quickstart import DigitsSetup
 
-    return DigitsSetup(
-        rounds=args.rounds,
-        num_clients=args.num_clients,
-        clients_per_round=args.clients_per_round,
-        alpha=args.alpha,
-        local_steps=args.local_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        model=args.model,
-    )
+    fields = [_field(flag) for flag, _, _ in _SETUP_OPTIONS] + ["model"]
+    return DigitsSetup(**{name: getattr(args, name) for name in fields})
 
 
 def _check_clients(args) -> bool:

@@ -1,4 +1,15 @@
-"""`keras-luar compare`: every method over several seeds, the paper's Table 1 on the digits."""
+"""`keras-luar compare`: compare federated methods on the embedded digits (the paper's Table 1).
+
+Trains each method on each seed on the digits CNN, with the same client split,
+initial weights and clients per round for every method of a seed. Prints a line
+per finished run and a Markdown table of final accuracy (mean ± std over seeds)
+and upload relative to FedAvg, and writes compare.md, compare.csv,
+histories.json and compare.png (accuracy against cumulative upload) to --out.
+A method is name[+luar][:key=value,...]. Options are the method's own and go to
+FederatedTrainer, e.g. fedprox+luar:proximal_strength=0.01, except
+server_learning_rate=η, which the comparison turns into a server SGD optimizer
+with learning rate η, e.g. fedavg:server_learning_rate=1.0.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +19,24 @@ import sys
 from keras_luar import _cli_defaults as defaults
 from keras_luar import _runtime
 from keras_luar.cli.common import (
+    _add_command,
     _add_common,
     _algorithms,
     _check_clients,
+    _luar_compatible,
     _method_spec,
     _setup_from,
 )
 
 
 def _add_compare(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = _add_command(
+        subparsers,
         "compare",
-        help="compare federated methods on the embedded digits data (the paper's Table 1)",
-        description=(
-            "Trains each method on each seed on the digits CNN, with the same client split, "
-            "initial weights and clients per round for every method of a seed. Prints a line "
-            "per finished run and a Markdown table of final accuracy (mean ± std over seeds) "
-            "and upload relative to FedAvg, and writes compare.md, compare.csv, "
-            "histories.json and compare.png (accuracy against cumulative upload) to --out. "
-            f"A method is name[+luar][:key=value,...]: one of {', '.join(_algorithms())}; "
-            "+luar adds LUAR (δ = --num-recycled-layers) to "
-            f"{', '.join(defaults.LUAR_COMPATIBLE[:-1])} or {defaults.LUAR_COMPATIBLE[-1]}. "
-            "Options are the method's own and go to FederatedTrainer, e.g. "
-            "fedprox+luar:proximal_strength=0.01, except server_learning_rate=η, which the "
-            "comparison turns into a server SGD optimizer with learning rate η (fedopt "
-            f"gets {defaults.SERVER_LEARNING_RATE} unless given), e.g. "
-            "fedavg:server_learning_rate=1.0."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        __doc__,
+        extra=f"Methods: {', '.join(_algorithms())}; +luar adds LUAR (δ = --num-recycled-layers) "
+        f"to {', '.join(_luar_compatible())}; fedopt's server learning rate is "
+        f"{defaults.SERVER_LEARNING_RATE} unless given.",
     )
     parser.add_argument(
         "--methods",

@@ -1,4 +1,10 @@
-"""`keras-luar quickstart`: FedAvg against FedLUAR on the embedded digits."""
+"""`keras-luar quickstart`: FedAvg against FedLUAR on the embedded scikit-learn digits.
+
+Trains a small CNN with FedAvg and with FedLUAR on scikit-learn's digits, split
+over clients with a Dirichlet partition, from the same initial weights and with
+the same clients in every round. Prints a row per round and a final comparison
+of accuracy, communication and time.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,11 @@ import argparse
 import sys
 
 from keras_luar import _runtime
-from keras_luar.cli.common import _add_common, _check_clients, _setup_from
+from keras_luar.cli.common import _add_command, _add_common, _check_clients, _setup_from
 
 
 def _add_quickstart(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "quickstart",
-        help="FedAvg vs FedLUAR on the embedded scikit-learn digits data",
-        description=(
-            "Trains a small CNN with FedAvg and with FedLUAR on scikit-learn's digits, "
-            "split over clients with a Dirichlet partition, from the same initial weights "
-            "and with the same clients in every round. Prints a row per round and a final "
-            "comparison of accuracy, communication and time."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _add_command(subparsers, "quickstart", __doc__)
     _add_common(parser, seeds=True)
     parser.set_defaults(handler=_quickstart, on_interrupt=_quickstart_interrupted)
 

@@ -1,4 +1,12 @@
-"""`keras-luar run`: one method on the digits or a paper preset, History written, resumable."""
+"""`keras-luar run`: train one method on the embedded digits or a paper preset; save its History.
+
+Trains the digits CNN (or, with --preset, one of the paper's benchmarks with the
+paper's settings) with FederatedTrainer and one method, printing one line per
+round; optionally writes the History as CSV and/or JSON and checkpoints every
+round (a second run with the same --checkpoint-dir resumes). With --preset,
+--rounds, --seed and --num-recycled-layers override the paper's values when
+given; the other digits options do not apply.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import sys
 from keras_luar import _cli_defaults as defaults
 from keras_luar import _runtime
 from keras_luar.cli.common import (
+    _add_command,
     _add_common,
     _algorithms,
     _check_clients,
@@ -21,19 +30,7 @@ from keras_luar.cli.common import (
 
 
 def _add_run(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="train one method on the embedded digits data or a paper preset; save its History",
-        description=(
-            "Trains the digits CNN (or, with --preset, one of the paper's benchmarks with the "
-            "paper's settings) with FederatedTrainer and one method, printing one line per "
-            "round; optionally writes the History as CSV and/or JSON and checkpoints every "
-            "round (a second run with the same --checkpoint-dir resumes). With --preset, "
-            "--rounds, --seed and --num-recycled-layers override the paper's values when "
-            "given; the other digits options do not apply."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _add_command(subparsers, "run", __doc__)
     parser.add_argument("--algorithm", choices=_algorithms(), default="fedluar")
     parser.add_argument(
         "--preset",
@@ -46,7 +43,6 @@ def _add_run(subparsers) -> None:
     parser.add_argument(
         "--server-learning-rate",
         type=_positive_float,
-        default=None,
         help="server SGD learning rate (default: apply the aggregated update as is; "
         "--algorithm fedopt needs one)",
     )
@@ -61,9 +57,7 @@ def _add_run(subparsers) -> None:
     parser.add_argument(
         "--upload-budget",
         type=_budget,
-        default=None,
-        help="instead of δ: hold the cumulative upload at this fraction (0, 1) of FedAvg's "
-        "(an extension, not the paper's method)",
+        help="instead of δ: hold the cumulative upload at this share of FedAvg's (extension)",
     )
     parser.add_argument("--history-csv", default=None, help="write the History as CSV here")
     parser.add_argument("--history-json", default=None, help="write the History as JSON here")

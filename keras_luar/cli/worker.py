@@ -1,4 +1,10 @@
-"""`keras-luar worker`: TFF's own worker binary, started without importing TensorFlow."""
+"""`keras-luar worker`: run a TFF worker that FederatedTrainer(workers=[...]) can send work to.
+
+Runs TFF's own worker_binary on PORT, started without importing TensorFlow. It
+listens on every network interface ([::]:PORT; TFF 0.87 has no option to bind
+one address) and its protocol is neither authenticated nor encrypted: run it on
+a trusted network only.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import sys
 
 from keras_luar import _runtime
+from keras_luar.cli.common import _add_command
 
 
 def _port(text: str) -> int:
@@ -17,15 +24,7 @@ def _port(text: str) -> int:
 
 
 def _add_worker(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "worker",
-        help="run a TFF worker that FederatedTrainer(workers=[...]) can send client work to",
-        description=(
-            "Runs TFF's own worker_binary on PORT. It listens on every network interface "
-            "([::]:PORT; TFF 0.87 has no option to bind one address) and its protocol is "
-            "neither authenticated nor encrypted: run it on a trusted network only."
-        ),
-    )
+    parser = _add_command(subparsers, "worker", __doc__, show_defaults=False)
     parser.add_argument("--port", type=_port, required=True, help="port to listen on")
     parser.add_argument(
         "--max-concurrent-computation-calls", type=int, default=-1,

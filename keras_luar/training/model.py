@@ -11,6 +11,7 @@ builder.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -87,20 +88,11 @@ def build_process(
         input_spec=input_spec,
         mixed_precision=config.mixed_precision,
     )
+    # Every other field of the context is the configuration's field of the same name.
+    fields = [f.name for f in dataclasses.fields(BuildContext)]
+    given = {"model_fn": model_fn, "keras_model": model, "layout": layout}
     context = BuildContext(
-        model_fn=model_fn,
-        keras_model=model,
-        layout=layout,
-        client_optimizer=config.client_optimizer,
-        server_optimizer=config.server_optimizer,
-        num_recycled_layers=config.num_recycled_layers,
-        local_steps=config.local_steps,
-        seed=config.seed,
-        client_weighting=config.client_weighting,
-        bn_statistics=config.bn_statistics,
-        options=config.options,
-        upload_budget=config.upload_budget,
-        inner_aggregator=config.inner_aggregator,
+        **given, **{name: getattr(config, name) for name in fields if name not in given}
     )
     process = config.spec.build(context)
     # TFF built Keras models in graph mode, which swaps Keras's classes to their v1
