@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
+import tensorflow as tf
 import tensorflow_federated as tff
 
 # TFF 0.87.0: the native C++ context's compilation (desugared intrinsics, TFF's static
@@ -78,6 +79,12 @@ from tensorflow_federated.python.simulation.datasets import download, sql_client
 # TFF 0.87.0: a TensorFlow block's GraphDef out of its `Any` proto field.
 from tensorflow_federated.python.tensorflow_libs.serialization_utils import unpack_graph_def
 
+# TensorFlow 2.14 (TFF 0.87.0's pin): the class `tf.data.Dataset.from_tensor_slices` returns;
+# see `tensor_slices` below.
+from tensorflow.python.data.ops.from_tensor_slices_op import (  # isort: skip
+    _TensorSliceDataset,
+)
+
 __all__ = [
     "RemoteExecutor",
     "RetryableError",
@@ -95,6 +102,7 @@ __all__ = [
     "run_sync",
     "silence_service_manager_teardown",
     "sql_client_data",
+    "tensor_slices",
     "to_call_dominant",
     "type_to_py_container",
     "unpack_graph_def",
@@ -247,3 +255,24 @@ def silence_service_manager_teardown() -> None:
         cls = type(obj)
         if cls.__name__ == "ServiceManager" and cls.__module__ == _executor_factory.__name__:
             cls.__del__ = lambda self: None
+
+
+def tensor_slices(dataset: Any) -> list[Any] | None:
+    """The dense tensors a `tf.data.Dataset.from_tensor_slices` dataset slices, or None.
+
+    TensorFlow 2.14: such a dataset is a ``_TensorSliceDataset`` whose ``_tensors``
+    are the sliced tensors, flat in element-spec order (for dense components, the
+    tensors themselves). Its elements are exactly their slices, in order, so the
+    trainer checks and counts a client given this way in one vectorized pass over
+    them instead of iterating its dataset. Any other dataset (one with a
+    transformation, with options, or with ragged or sparse components) gives None.
+    """
+    if type(dataset) is not _TensorSliceDataset:
+        return None
+    tensors = getattr(dataset, "_tensors", None)
+    specs = tf.nest.flatten(dataset.element_spec)
+    if not isinstance(tensors, list) or len(tensors) != len(specs):
+        return None
+    if not all(type(s) is tf.TensorSpec for s in specs):
+        return None
+    return tensors

@@ -111,6 +111,8 @@ def as_clients(client_data: Any) -> Clients:
                 )
         if given and all(_is_array_pair(v) for v in given.values()):
             arrays = {cid: tuple(v) for cid, v in given.items()}
+        else:
+            arrays = _sliced_arrays(datasets)
     elif _is_client_data(client_data):
         datasets = {
             str(cid): client_data.create_tf_dataset_for_client(cid)
@@ -156,6 +158,25 @@ def _is_array_pair(obj: Any) -> bool:
         return False
     leaves = tf.nest.flatten(obj)
     return bool(leaves) and all(isinstance(v, np.ndarray) or tf.is_tensor(v) for v in leaves)
+
+
+def _sliced_arrays(datasets: dict[str, tf.data.Dataset]) -> dict[str, tuple[Any, Any]] | None:
+    """The clients' ``(x, y)`` arrays when every dataset slices them as it is, else None.
+
+    Datasets made by `tf.data.Dataset.from_tensor_slices((x, y))` and not transformed
+    yield exactly the slices of x and y, so the checks and the counts can read the
+    arrays in one vectorized pass instead of iterating 3,400 datasets one by one.
+    """
+    from keras_luar._tff_internals import tensor_slices
+
+    arrays = {}
+    for cid, ds in datasets.items():
+        spec = ds.element_spec
+        tensors = tensor_slices(ds) if isinstance(spec, tuple) and len(spec) == 2 else None
+        if tensors is None:
+            return None
+        arrays[cid] = tuple(tf.nest.pack_sequence_as(spec, [t.numpy() for t in tensors]))
+    return arrays
 
 
 def _is_client_data(obj: Any) -> bool:
