@@ -50,9 +50,9 @@ def test_site_builds_in_strict_mode(tmp_path):
     for page in ("index.html", "installation/index.html", "troubleshooting/index.html"):
         assert (site / page).exists(), page
     tutorials = sorted(p.name for p in (site / "tutorials").iterdir() if p.is_dir())
-    assert tutorials[:5] == [
+    assert tutorials[:6] == [
         "01_quickstart", "02_how_fedluar_works", "03_comparing_methods",
-        "04_paper_scale_gpu", "05_your_own_model",
+        "04_paper_scale_gpu", "05_your_own_model", "06_privacy_and_budget",
     ]  # fmt: skip
     # Notebooks are rendered with their committed outputs, plots included.
     quickstart = (site / "tutorials" / "01_quickstart" / "index.html").read_text("utf-8")

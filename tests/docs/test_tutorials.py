@@ -31,9 +31,9 @@ def _parameters_index(notebook) -> int:
     return tagged[0]
 
 
-def test_the_five_tutorials_are_there():
+def test_the_six_tutorials_are_there():
     numbers = [name.split("_", 1)[0] for name in NOTEBOOKS]
-    assert numbers == ["01", "02", "03", "04", "05"], NOTEBOOKS
+    assert numbers == ["01", "02", "03", "04", "05", "06"], NOTEBOOKS
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

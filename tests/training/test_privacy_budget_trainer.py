@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
-from test_trainer import _client_data, _model
+from test_trainer import _client_data, _Interrupt, _model, _weights
 
 import keras_luar
+from keras_luar.quickstart import digits_cnn
 
 
 def _trainer(**kwargs):
@@ -50,3 +51,63 @@ def test_construction_errors_name_the_argument():
         _trainer(algorithm="fedlama", inner_aggregator=_dp())
     with pytest.raises(TypeError, match="inner_aggregator"):
         _trainer(inner_aggregator=object())
+
+
+# The History entries of a LUAR run that must come back identical after a resume; the
+# others (losses, metrics, scores) are compared to float tolerance, round_time not at all.
+_EXACT = (
+    "upload_params", "upload_bytes", "comm_cost", "num_recycled", "num_dropped_clients",
+    "recycled_layers", "aggregated",
+)  # fmt: skip
+_TIMING = ("round_time",)
+
+
+def _budget_digits_run(tmp_path, name, budget=0.4, model_seed=0, callbacks=()):
+    data = keras_luar.data.load_digits_federated(num_clients=6, alpha=0.5, seed=0)
+    tf.keras.utils.set_random_seed(model_seed)
+    trainer = keras_luar.FederatedTrainer(
+        digits_cnn(data.num_classes),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        algorithm="fedluar",
+        upload_budget=budget,
+        local_steps=2,
+        batch_size=16,
+        client_optimizer=tf.keras.optimizers.SGD(0.05, momentum=0.9),
+        seed=5,
+    )
+    history = trainer.fit(
+        data, rounds=6, clients_per_round=3, validation_data=data.test_data,
+        checkpoint_dir=str(tmp_path / name), callbacks=list(callbacks), verbose=0,
+    )  # fmt: skip
+    return trainer, history.history
+
+
+def test_budget_run_resumes_to_the_uninterrupted_history(tmp_path):
+    budget, rounds = 0.4, 6
+    full, want = _budget_digits_run(tmp_path, "full", budget)
+    with pytest.raises(KeyboardInterrupt):
+        _budget_digits_run(tmp_path, "interrupted", budget, callbacks=[_Interrupt(at_round=3)])
+    # Other initial weights: the checkpoint (model and LUAR's state) must win.
+    resumed, got = _budget_digits_run(tmp_path, "interrupted", budget, model_seed=99)
+
+    assert set(got) == set(want)
+    for key in sorted(set(want) - set(_TIMING)):
+        assert len(got[key]) == rounds, key
+        if key in _EXACT:
+            assert got[key] == want[key], key
+        else:  # loss, accuracy, val_loss, val_accuracy, layer_scores
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    for a, b in zip(_weights(full.model), _weights(resumed.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    # The budget decided the masks: after the interruption some round recycled more than
+    # one layer. The cumulative upload (comm_cost, the luar/cumulative_upload_fraction of
+    # the run) ends at most at b, and less than one round's largest layer below it
+    # (dense1/kernel, 86% of the model, spread over the 6 rounds).
+    assert max(got["num_recycled"][3:]) >= 2
+    per_client = float(resumed.layout.trainable_bytes)  # FedAvg's upload per client and round
+    largest = max(float(np.prod(v.shape)) * 4 for v in resumed.layout.candidates)
+    fraction = np.cumsum(got["upload_bytes"]) / (3 * per_client * np.arange(1, rounds + 1))
+    np.testing.assert_allclose(got["comm_cost"], fraction)
+    assert budget - largest / (rounds * per_client) < got["comm_cost"][-1] <= budget + 1e-9
