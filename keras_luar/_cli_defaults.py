@@ -13,27 +13,16 @@ against its source, so they cannot drift apart:
 
 The built-in methods' names and fields (`LUAR_COMPATIBLE`, `DEFAULT_METHODS`,
 `SERVER_LEARNING_RATE`) are read from ``keras_luar/algorithms/methods.toml``
-(``keras_luar.algorithms.registry``), which imports no TensorFlow; ``keras_luar.compare``
-derives the same names from the registered specs.
+by ``keras_luar.algorithms.registry``, which imports no TensorFlow, and are the same
+objects ``keras_luar.compare`` uses.
 """
 
 from __future__ import annotations
 
 from keras_luar.algorithms.registry import BUILTIN_FIELDS
+from keras_luar.algorithms.registry import DEFAULT_METHODS as DEFAULT_METHODS
+from keras_luar.algorithms.registry import LUAR_COMPATIBLE as LUAR_COMPATIBLE
 
-_METHODS = BUILTIN_FIELDS.items()
-LUAR_COMPATIBLE: tuple[str, ...] = tuple(n for n, f in _METHODS if f.get("luar") == "optional")
-# The comparison's table: the methods without +luar, then each one LUAR stacks on, alone
-# and with LUAR (as `keras_luar.compare.DEFAULT_METHODS`).
-DEFAULT_METHODS: tuple[str, ...] = (
-    *(n for n, f in _METHODS if n not in LUAR_COMPATIBLE and f.get("in_comparison", True)),
-    *(
-        m
-        for n in LUAR_COMPATIBLE
-        if BUILTIN_FIELDS[n].get("in_comparison", True)
-        for m in (n, f"{n}+luar")
-    ),
-)
 # FedOpt's server SGD learning rate in `keras-luar compare` (the paper's FEMNIST setting).
 SERVER_LEARNING_RATE: float = BUILTIN_FIELDS["fedopt"]["comparison_options"]["server_learning_rate"]
 PRESETS: tuple[str, ...] = (

@@ -150,7 +150,6 @@ class MaskedUploadFactory(tff.aggregators.WeightedAggregationFactory):
         owner = type(self).__name__
         value_type, weight_type = check_aggregation_types(owner, value_type, weight_type)
         return build_masked_process(
-            owner=owner,
             value_type=value_type,
             weight_type=weight_type,
             inner_factory=self._inner_factory,
@@ -163,7 +162,6 @@ class MaskedUploadFactory(tff.aggregators.WeightedAggregationFactory):
 
 def build_masked_process(
     *,
-    owner: str,
     value_type: Any,
     weight_type: Any,
     inner_factory: tff.aggregators.WeightedAggregationFactory
@@ -173,9 +171,9 @@ def build_masked_process(
     """Builds the aggregation process described in the module docstring.
 
     Args:
-      owner: The factory's name, for error messages.
-      value_type: A structure of float tensors (as `create` receives it).
-      weight_type: A float tensor type.
+      value_type: A structure of float tensors, checked by
+        `check_aggregation_types` (as `MaskedUploadFactory.create` does).
+      weight_type: A float tensor type, checked alike.
       inner_factory: Aggregates the sent part; weighted or unweighted.
       parts: The factory's state, mask and server step.
 
@@ -184,7 +182,6 @@ def build_masked_process(
       ``OrderedDict(**<the factory's measurements>, inner=<inner measurements>)``.
     """
     _runtime.install()  # TFF computations follow: guard its worker processes
-    value_type, weight_type = check_aggregation_types(owner, value_type, weight_type)
     init_state, sent_mask, server_update = parts.init_state, parts.sent_mask, parts.server_update
     uniform = parts.uniform
     sizes, nbytes = variable_costs(value_type, inner_factory)

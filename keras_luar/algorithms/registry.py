@@ -29,6 +29,17 @@ BUILTIN_FIELDS: dict[str, dict[str, Any]] = tomllib.loads(
 )
 # name -> the module that registers it.
 BUILTIN: dict[str, str] = {name: fields["module"] for name, fields in BUILTIN_FIELDS.items()}
+# The built-in methods LUAR stacks on (`+luar`), as in the paper's Tables 3-4.
+LUAR_COMPATIBLE: tuple[str, ...] = tuple(
+    n for n, f in BUILTIN_FIELDS.items() if f.get("luar") == "optional"
+)
+# The comparison's default table: the built-in methods without +luar, then each one LUAR
+# stacks on, alone and with LUAR.
+_COMPARED = [n for n, f in BUILTIN_FIELDS.items() if f.get("in_comparison", True)]
+DEFAULT_METHODS: tuple[str, ...] = (
+    *(n for n in _COMPARED if n not in LUAR_COMPATIBLE),
+    *(m for n in _COMPARED if n in LUAR_COMPATIBLE for m in (n, f"{n}+luar")),
+)
 
 _SPECS: dict[str, AlgorithmSpec] = {}
 

@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_luar.algorithms.registry import ALGORITHMS
+from keras_luar.algorithms.registry import DEFAULT_METHODS as DEFAULT_METHODS
+from keras_luar.algorithms.registry import LUAR_COMPATIBLE as LUAR_COMPATIBLE
 
 # Algorithm name -> the name the table prints (from the registry).
 KNOWN_METHODS: dict[str, str] = {name: spec.title for name, spec in ALGORITHMS.items()}
-# The methods that LUAR can be stacked on (`+luar`), as in the paper's Tables 3-4.
-LUAR_COMPATIBLE: tuple[str, ...] = tuple(
-    name for name, spec in ALGORITHMS.items() if spec.luar == "optional"
-)
 # Options a method gets in the comparison unless a spec sets them: each method's
 # `comparison_options` (the paper's FEMNIST settings, which suit the small digits CNN).
 DEFAULT_OPTIONS: dict[str, dict] = {
@@ -26,12 +24,6 @@ DEFAULT_OPTIONS: dict[str, dict] = {
     for name, spec in ALGORITHMS.items()
     if spec.comparison_options
 }
-# Every method, in the order the table lists them: plain methods first, then each
-# method that LUAR stacks on, alone and with LUAR.
-DEFAULT_METHODS: tuple[str, ...] = tuple(
-    [n for n, s in ALGORITHMS.items() if s.in_comparison and s.luar != "optional"]
-    + [m for n in LUAR_COMPATIBLE if ALGORITHMS[n].in_comparison for m in (n, f"{n}+luar")]
-)
 
 
 def _registered() -> tuple[dict[str, str], tuple[str, ...]]:
