@@ -30,6 +30,12 @@ from tensorflow_federated.python.core.backends.native.compiler import (
     desugar_and_transform_to_native,
 )
 
+# TFF 0.87.0: the test backend's compilation of secure summation into plain TensorFlow
+# (TFF's native runtime has no secure-sum intrinsic); see `without_secure_intrinsics`.
+from tensorflow_federated.python.core.backends.test.compiler import (
+    _replace_secure_intrinsics_with_insecure_bodies,
+)
+
 # TFF 0.87.0: where TFF runs Grappler on each block; `_runtime` quiets its log lines.
 from tensorflow_federated.python.core.environments.tensorflow_backend import (
     graph_optimizations as _graph_optimizations,
@@ -95,6 +101,7 @@ __all__ = [
     "desugar_and_transform_to_native",
     "download",
     "extract_tensor_names_from_binding",
+    "holds_secure_intrinsics",
     "make_struct",
     "patch_executor_subprocess",
     "patch_grappler",
@@ -106,12 +113,61 @@ __all__ = [
     "to_call_dominant",
     "type_to_py_container",
     "unpack_graph_def",
+    "without_secure_intrinsics",
 ]
 
 
 # TFF 0.87.0: intrinsics (weighted mean, sum, ...) replaced by `federated_aggregate` over
 # TensorFlow blocks; the in-process backend's default compilation.
 replace_intrinsics_with_bodies = _tree_transformations.replace_intrinsics_with_bodies
+
+
+# TFF 0.87.0's secure aggregation intrinsics (`intrinsic_defs`); `federated_secure_select`
+# has no insecure body in TFF's test compiler, so it is not listed.
+_SECURE_INTRINSICS = frozenset(
+    {"federated_secure_sum", "federated_secure_sum_bitwidth", "federated_secure_modular_sum"}
+)
+
+
+def holds_secure_intrinsics(comp: Any) -> bool:
+    """Whether the TFF computation `comp` calls a secure-summation intrinsic."""
+    stack = [comp.to_building_block()]
+    while stack:
+        block = stack.pop()
+        if isinstance(block, building_blocks.Intrinsic) and block.uri in _SECURE_INTRINSICS:
+            return True
+        stack.extend(block.children())
+    return False
+
+
+def without_secure_intrinsics(comp: Any) -> Any:
+    """`comp` with secure summation simulated by plain sums, as TFF's test backend runs it.
+
+    TFF 0.87.0's C++ runtime cannot run ``federated_secure_sum_bitwidth`` (nor
+    the other secure sums): a process that holds `tff.aggregators.SecureSumFactory`
+    fails there with "Cannot embed a federated value". TFF's own simulation of
+    secure aggregation (``tff.backends.test``) replaces each secure intrinsic
+    with its plain TensorFlow equivalent before running: the sum a secure
+    aggregation protocol returns is exactly the plain sum of the clients' integer
+    encodings, so the values are the same; only the cryptography is left out.
+
+    Args:
+      comp: A TFF computation.
+
+    Returns:
+      `comp` itself when it holds no secure intrinsic, else the computation
+      with them replaced.
+    """
+    if not holds_secure_intrinsics(comp):
+        return comp
+    block, _ = _replace_secure_intrinsics_with_insecure_bodies(comp.to_building_block())
+    # TFF's own `replace_secure_intrinsics_with_bodies` drops the Python containers of
+    # the type (a process's `next` would return dicts); keep the computation's type.
+    return tff.framework.ConcreteComputation(
+        computation_proto=block.proto,
+        context_stack=tff.framework.get_context_stack(),
+        annotated_type=comp.type_signature,
+    )
 
 
 def call_flat(function: Any, inputs: Sequence[Any]) -> Any:

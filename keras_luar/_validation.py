@@ -167,14 +167,6 @@ def check_inner_factory(name: str, value: Any) -> tuple[Any, bool]:
 
     if value is None:
         return tff.aggregators.MeanFactory(), True
-    if _holds_secure_sum(value, tff.aggregators.SecureSumFactory):
-        raise NotImplementedError(
-            f"Invalid value for argument `{name}`: a factory with "
-            "tff.aggregators.SecureSumFactory inside (e.g. tff.learning.secure_aggregator()) "
-            "cannot run under LUAR's masking yet (TFF 0.87's runtime fails inside the "
-            "process: 'Cannot embed a federated value'). Expected a factory without secure "
-            f"summation. Received: {name}={type(value).__name__}"
-        )
     if isinstance(value, tff.aggregators.WeightedAggregationFactory):
         return value, True
     if isinstance(value, tff.aggregators.UnweightedAggregationFactory):
@@ -187,6 +179,13 @@ def check_inner_factory(name: str, value: Any) -> tuple[Any, bool]:
         "tff.learning.robust_aggregator()). Received: "
         f"{name}={type(value).__name__}"
     )
+
+
+def holds_secure_sum(factory: Any) -> bool:
+    """Whether `factory`, or a factory it wraps, is a `tff.aggregators.SecureSumFactory`."""
+    import tensorflow_federated as tff
+
+    return _holds_secure_sum(factory, tff.aggregators.SecureSumFactory)
 
 
 def _holds_secure_sum(factory: Any, secure_type: type, depth: int = 0) -> bool:

@@ -124,9 +124,11 @@ class FederatedTrainer:
       inner_aggregator: A TFF aggregation factory that aggregates what
         clients send under LUAR (e.g.
         `tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(...)`,
-        `tff.learning.robust_aggregator()`), for ``"fedavg"``,
-        ``"fedluar"``, ``"fedprox"`` and ``"fedopt"``. An unweighted one
-        (the DP factories) needs ``client_weighting="uniform"``.
+        `tff.learning.robust_aggregator()`, `tff.learning.secure_aggregator()`),
+        for ``"fedavg"``, ``"fedluar"``, ``"fedprox"`` and ``"fedopt"``. An
+        unweighted one (the DP factories) needs ``client_weighting="uniform"``.
+        Secure summation is simulated as TFF's test backend does it (TFF
+        0.87's runtime cannot run it; ``docs/howto/privacy-and-budget.md``).
       **algorithm_options: The method's own options, e.g. ``proximal_strength``
         for FedProx; each method's `AlgorithmSpec` lists them with defaults
         (`keras_luar.algorithms.ALGORITHMS[name].options`, and

@@ -34,8 +34,11 @@ upload is brought to at most b·F per round as soon as the layer sizes allow
 and then stays within one layer of it.
 
 The inner factory may be weighted or unweighted (TFF's
-`DifferentiallyPrivateFactory`, say; secure summation is refused for now):
-an unweighted one needs ``client_weighting="uniform"``. It only ever sees what
+`DifferentiallyPrivateFactory` or a mean over `SecureSumFactory`, say): an
+unweighted one needs ``client_weighting="uniform"``. TFF 0.87's C++ runtime
+cannot run secure summation at all; `FederatedTrainer` simulates it on both
+backends, and in TFF's own builders run it under TFF's test context
+(``tff.backends.test.set_sync_test_cpp_execution_context()``). It only ever sees what
 is sent: clipping, zeroing and noise apply to the sent layers, and a recycled
 layer re-applies an aggregate that was already privatized (post-processing).
 
@@ -100,13 +103,13 @@ class LuarFactory(MaskedUploadFactory):
       seed: Seed of the stateless RNG that draws the recycled layers.
       inner_factory: A TFF aggregation factory, weighted or unweighted (e.g.
         `tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(...)`,
-        `tff.learning.robust_aggregator()`; not yet one with secure summation,
-        which raises `NotImplementedError`),
+        `tff.learning.robust_aggregator()`, `tff.learning.secure_aggregator()`),
         that aggregates the sent part; defaults to
         `tff.aggregators.MeanFactory()`. If it has an
         ``encoded_bytes(shape, dtype)`` method (as `QuantizationFactory` has),
         the ``upload_bytes`` measurements count those bytes for each sent
-        tensor; otherwise each number counts its dtype's size.
+        tensor; under a `SecureSumFactory` each float counts 4 bytes (its
+        32-bit integer encoding); otherwise each number counts its dtype's size.
       client_weighting: ``"uniform"`` averages client updates with equal
         weights, as the official FedLUAR code does; ``"example"`` uses the
         weights the client work passes in: with TFF's own builders the

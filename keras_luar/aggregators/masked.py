@@ -25,8 +25,8 @@ full, at its dtype, or at the inner factory's ``encoded_bytes(shape, dtype)`` if
 it has one (`keras_luar.aggregators.QuantizationFactory` does). TFF's own
 factories send float32 numbers as 4 bytes each: clipping, zeroing and the
 central Gaussian mechanism send the (clipped) float update and add the noise
-at the server; `SecureSumFactory` sends each float as one 32-bit integer of
-its quantized range. The scalar weight and the one-number side channels of
+at the server; `SecureSumFactory` sends each float, of any width, as one
+32-bit integer of its quantized range. The scalar weight and the one-number side channels of
 adaptive clipping, zeroing and secure summation are not counted.
 """
 
@@ -43,7 +43,7 @@ import tensorflow_federated as tff
 
 from keras_luar import _runtime
 from keras_luar._federated import server_and_clients, state_around_inner
-from keras_luar._validation import check_aggregation_types
+from keras_luar._validation import check_aggregation_types, holds_secure_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +88,16 @@ def variable_costs(value_type: Any, inner_factory: Any) -> tuple[np.ndarray, np.
             f"expected tensors with fully defined shapes. Received: value_type={value_type}"
         )
     encoded_bytes = getattr(inner_factory, "encoded_bytes", None)
+    # TFF's SecureSumFactory quantizes a float to an integer in [0, 2**32 - 1]
+    # before the secure sum, whatever the float's own width.
+    secure = holds_secure_sum(inner_factory)
     sizes, nbytes = [], []
     for spec in specs:
         sizes.append(spec.shape.num_elements())
         if callable(encoded_bytes):
             nbytes.append(int(encoded_bytes(spec.shape, spec.dtype)))
+        elif secure and spec.dtype.is_floating:
+            nbytes.append(spec.shape.num_elements() * 4)
         else:
             nbytes.append(spec.shape.num_elements() * spec.dtype.size)
     return np.array(sizes, np.int64), np.array(nbytes, np.int64)

@@ -13,6 +13,12 @@ With ``FederatedTrainer(workers=[...])`` the rounds run through
 `WorkerPoolContext`, the in-process driver that sends each client's
 TensorFlow work to TFF workers (see ``docs/howto/workers.md``).
 
+Secure summation (`tff.aggregators.SecureSumFactory`, e.g. inside
+`tff.learning.secure_aggregator()`) runs on both: TFF 0.87's C++ runtime has
+no secure-sum intrinsic, so each computation that holds one is run as TFF's
+own test backend runs it, with the secure sums replaced by plain sums of the
+same integer encodings (`SecureSumSimulation`).
+
 ``"auto"`` picks ``"tensorflow"`` when TensorFlow sees a GPU and ``"tff"``
 otherwise. Both give the same History (the same recycled layers every round)
 and weights equal up to floating-point rounding; the tests check it for every
@@ -33,7 +39,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from keras_luar import _runtime
+from keras_luar import _runtime, _tff_internals
 from keras_luar.backends.in_process import BlockFunction, InProcessContext
 from keras_luar.backends.remote import (
     LocalWorkers,
@@ -49,6 +55,7 @@ __all__ = [
     "BlockFunction",
     "InProcessContext",
     "LocalWorkers",
+    "SecureSumSimulation",
     "WorkerPoolContext",
     "WorkersUnavailableError",
     "check_addresses",
@@ -81,6 +88,30 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+class SecureSumSimulation(tff.framework.SyncContext):
+    """Runs computations in another context, with secure summation simulated.
+
+    A computation that calls a secure-summation intrinsic is handed to `inner`
+    with them replaced by their plain equivalents (TFF's test backend does the
+    same: ``tff.backends.test.create_sync_test_cpp_execution_context``); any
+    other computation is handed over unchanged.
+
+    Args:
+      inner: The context that runs the computations (TFF's default one).
+    """
+
+    def __init__(self, inner: tff.framework.SyncContext):
+        self._inner = inner
+        self._converted: dict[int, tuple] = {}
+
+    def invoke(self, comp, arg):
+        key = id(comp)
+        cached = self._converted.get(key)
+        if cached is None or cached[0] is not comp:
+            cached = self._converted[key] = (comp, _tff_internals.without_secure_intrinsics(comp))
+        return self._inner.invoke(cached[1], arg)
+
+
 @contextlib.contextmanager
 def execution(backend: str, context: InProcessContext | None = None) -> Iterator[None]:
     """Runs the TFF computations called inside on `backend` (``"tff"`` or ``"tensorflow"``).
@@ -95,7 +126,9 @@ def execution(backend: str, context: InProcessContext | None = None) -> Iterator
     """
     _runtime.install()
     if backend == "tff":
-        yield
+        stack = tff.framework.get_context_stack()
+        with stack.install(SecureSumSimulation(stack.current)):
+            yield
         return
     with tff.framework.get_context_stack().install(context or InProcessContext()):
         yield

@@ -129,6 +129,38 @@ def test_wrapped_fed_avg_scores_use_global_weight_norms_and_recycle_exactly():
     assert recycled_seen == 4  # rounds 1..4 each recycle one kernel
 
 
+def test_secure_aggregator_inside_tffs_builder_under_tffs_test_context():
+    # What the docs tell TFF-builder users: TFF's own test context simulates secure sums.
+    # The same process with a plain mean gives the same recycled layers and weights.
+    data = _client_data()
+    runs = []
+    for inner in (
+        tff.aggregators.MeanFactory(
+            value_sum_factory=tff.aggregators.SecureSumFactory(10.0),
+            weight_sum_factory=tff.aggregators.SecureSumFactory(100.0),
+        ),
+        None,
+    ):
+        process = keras_luar.with_global_weight_norms(
+            tff.learning.algorithms.build_weighted_fed_avg(
+                _model_fn,
+                client_optimizer_fn=_sgd(),
+                model_aggregator=keras_luar.LuarFactory(1, seed=5, inner_factory=inner),
+            )
+        )
+        context = tff.backends.test.create_sync_test_cpp_execution_context()
+        with tff.framework.get_context_stack().install(context):
+            state, history = _run(process, 3, data)
+        runs.append((process.get_model_weights(state).trainable, history))
+    (secure, secure_history), (plain, plain_history) = runs
+    for (_, a), (_, b) in zip(secure_history, plain_history, strict=True):
+        recycled = a.metrics["aggregator"]["luar"]["recycled"]
+        np.testing.assert_array_equal(recycled, b.metrics["aggregator"]["luar"]["recycled"])
+    assert np.any([h.metrics["aggregator"]["luar"]["recycled"] for _, h in secure_history])
+    for a, b in zip(secure, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_unwrapped_process_reports_missing_norms():
     process = tff.learning.algorithms.build_weighted_fed_avg(
         _model_fn, client_optimizer_fn=_sgd(), model_aggregator=keras_luar.LuarFactory(1)

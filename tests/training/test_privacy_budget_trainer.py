@@ -111,3 +111,47 @@ def test_budget_run_resumes_to_the_uninterrupted_history(tmp_path):
     fraction = np.cumsum(got["upload_bytes"]) / (3 * per_client * np.arange(1, rounds + 1))
     np.testing.assert_allclose(got["comm_cost"], fraction)
     assert budget - largest / (rounds * per_client) < got["comm_cost"][-1] <= budget + 1e-9
+
+
+def _secure_mean(bound=10.0):
+    return tff.aggregators.UnweightedMeanFactory(
+        value_sum_factory=tff.aggregators.SecureSumFactory(bound)
+    )
+
+
+def test_secure_summation_under_luar_matches_the_plain_mean_on_both_backends():
+    # A mean over SecureSumFactory returns the plain mean up to its 32-bit quantization,
+    # so both backends' runs follow the plain-mean run: same recycled layers, same upload,
+    # same weights (the plain run's two backends agree: tests/backends).
+    runs = {}
+    for name, inner, backend in (
+        ("plain", None, "tff"),
+        ("secure-tff", _secure_mean(), "tff"),
+        ("secure-tensorflow", _secure_mean(), "tensorflow"),
+    ):
+        trainer = _trainer(inner_aggregator=inner, client_weighting="uniform", backend=backend)
+        history = trainer.fit(_client_data(), rounds=4, clients_per_round=3, verbose=0).history
+        runs[name] = (history, _weights(trainer.model))
+    plain, plain_weights = runs.pop("plain")
+    assert sum(plain["num_recycled"]) > 0
+    for name, (history, weights) in runs.items():
+        for key in ("recycled_layers", "num_recycled", "upload_bytes", "comm_cost"):
+            assert history[key] == plain[key], (name, key)
+        for a, b in zip(weights, plain_weights, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(history["loss"], plain["loss"], rtol=1e-4, err_msg=name)
+
+
+def test_secure_aggregator_under_luar_trains_with_example_weights():
+    trainer = _trainer(inner_aggregator=tff.learning.secure_aggregator())
+    history = trainer.fit(_client_data(), rounds=4, clients_per_round=3, verbose=0).history
+    assert sum(history["num_recycled"]) > 0
+    assert np.all(np.isfinite(history["loss"]))
+    full = float(trainer.layout.trainable_bytes)
+    for r in range(4):  # a recycled layer is not sent: 4 bytes for each sent float32
+        recycled = sum(
+            float(np.prod(v.shape)) * 4
+            for v in trainer.layout.candidates
+            if v.name in history["recycled_layers"][r]
+        )
+        assert history["upload_bytes"][r] == pytest.approx((full - recycled) * 3)

@@ -29,7 +29,9 @@ def compile_computation(comp: Any, *, tff_grappler: bool) -> Any:
     """Compiles a TFF computation as TFF's native C++ context does.
 
     Intrinsics such as the weighted mean become ``federated_aggregate`` over
-    TensorFlow blocks, and the whole is brought to call-dominant form.
+    TensorFlow blocks, and the whole is brought to call-dominant form. Secure
+    summation is first replaced by its plain equivalent, as TFF's test backend
+    does (see `keras_luar._tff_internals.without_secure_intrinsics`).
 
     Args:
       comp: A TFF computation.
@@ -39,6 +41,7 @@ def compile_computation(comp: Any, *, tff_grappler: bool) -> Any:
     Returns:
       The compiled building block.
     """
+    comp = _tff_internals.without_secure_intrinsics(comp)
     if tff_grappler:
         return _tff_internals.desugar_and_transform_to_native(comp).to_building_block()
     block, _ = _tff_internals.replace_intrinsics_with_bodies(comp.to_building_block())
