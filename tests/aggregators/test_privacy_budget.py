@@ -93,6 +93,26 @@ def test_luar_inside_clipping_factory():
     assert int(out.measurements["clipping"]["luar"]["upload_params_per_client"]) == sum(SIZES)
 
 
+def test_zeroing_with_luar_inside_and_outside():
+    clients = _clients()
+    big = float(2 * max(np.sqrt(sum(np.sum(v**2) for v in c)) for c in clients))
+    # LUAR outside: zeroing acts on what is sent, with LUAR's weights; a norm above every
+    # client's keeps them all, so the sent layers are the weighted mean.
+    inner = tff.aggregators.zeroing_factory(big, tff.aggregators.MeanFactory(), norm_order=2.0)
+    _, outs = _rounds(keras_luar.LuarFactory(1, inner_factory=inner), 3)
+    _check_recycled_exact(outs)
+    assert "zeroing" in str(outs[0][1].measurements["inner"])
+    # LUAR inside: a client whose whole update is above the norm is zeroed before LUAR.
+    small = float(0.5 * min(np.sqrt(sum(np.sum(v**2) for v in c)) for c in clients))
+    outer = tff.aggregators.zeroing_factory(small, keras_luar.LuarFactory(1), norm_order=2.0)
+    process = outer.create(VALUE_TYPE, WEIGHT_TYPE)
+    out = process.next(process.initialize(), clients, [1.0, 2.0, 3.0])
+    assert int(out.measurements["zeroed_count"]) == 3
+    for v in out.result:
+        np.testing.assert_array_equal(v, np.zeros_like(v))
+    assert "luar" in out.measurements["zeroing"]
+
+
 def test_dp_with_example_weighting_is_rejected_at_construction():
     dp = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(0.5, 3, 1.0)
     with pytest.raises(ValueError, match="client_weighting.*DifferentiallyPrivateFactory"):
