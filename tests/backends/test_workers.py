@@ -94,6 +94,26 @@ def test_two_workers_give_the_result_of_local_execution(two_workers, contexts):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
+def test_secure_summation_runs_through_the_workers(two_workers, contexts):
+    # The pool compiles as the in-process backend does, secure sums simulated included.
+    import tensorflow_federated as tff
+
+    def secure():
+        return tff.aggregators.UnweightedMeanFactory(
+            value_sum_factory=tff.aggregators.SecureSumFactory(10.0)
+        )
+
+    options = dict(algorithm="fedluar", client_weighting="uniform")
+    _, want, want_weights = _run(**options, inner_aggregator=secure(), backend="tensorflow")
+    _, got, got_weights = _run(**options, inner_aggregator=secure(), workers=two_workers.addresses)
+    (context,) = contexts
+    assert context.remote_calls >= ROUNDS * 4
+    for key in ("recycled_layers", "upload_bytes", "comm_cost"):
+        assert got[key] == want[key], key
+    for g, w in zip(got_weights, want_weights, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_a_worker_killed_mid_round_changes_nothing(two_workers, contexts, monkeypatch, caplog):
     _, want, want_weights = _run(algorithm="fedluar", workers=two_workers.addresses)
     # In round 2, kill worker 0 (SIGKILL) just before its 2nd client call: that call
