@@ -35,12 +35,14 @@ and then stays within one layer of it.
 
 The inner factory may be weighted or unweighted (TFF's
 `DifferentiallyPrivateFactory` or a mean over `SecureSumFactory`, say): an
-unweighted one needs ``client_weighting="uniform"``. TFF 0.87's C++ runtime
-cannot run secure summation at all; `FederatedTrainer` simulates it on both
-backends, and in TFF's own builders run it under TFF's test context
-(``tff.backends.test.set_sync_test_cpp_execution_context()``). It only ever sees what
-is sent: clipping, zeroing and noise apply to the sent layers, and a recycled
-layer re-applies an aggregate that was already privatized (post-processing).
+unweighted one needs ``client_weighting="uniform"``. The inner factory only
+ever sees what is sent: clipping, zeroing and noise apply to the sent layers,
+and a recycled layer re-applies an aggregate that was already privatized
+(post-processing). TFF 0.87's C++ runtime cannot run secure summation at all;
+`FederatedTrainer` simulates it on both backends (as TFF's test backend does),
+and in TFF's own builders run the process under TFF's test context
+(``tff.backends.test.set_sync_test_cpp_execution_context()``) or inside
+``keras_luar.backends.execution(...)``.
 
 The sign of the update does not matter: TFF's client work reports
 ``initial - trained`` weights, and norms and recycling are sign-agnostic.

@@ -26,8 +26,9 @@ it has one (`keras_luar.aggregators.QuantizationFactory` does). TFF's own
 factories send float32 numbers as 4 bytes each: clipping, zeroing and the
 central Gaussian mechanism send the (clipped) float update and add the noise
 at the server; `SecureSumFactory` sends each float, of any width, as one
-32-bit integer of its quantized range. The scalar weight and the one-number side channels of
-adaptive clipping, zeroing and secure summation are not counted.
+32-bit integer of its quantized range. The scalar weight and the one-number
+side channels of adaptive clipping, zeroing and secure summation are not
+counted.
 """
 
 from __future__ import annotations
