@@ -96,16 +96,13 @@ def test_two_workers_give_the_result_of_local_execution(two_workers, contexts):
 
 def test_secure_summation_runs_through_the_workers(two_workers, contexts):
     # The pool compiles as the in-process backend does, secure sums simulated included.
-    import tensorflow_federated as tff
-
-    def secure():
-        return tff.aggregators.UnweightedMeanFactory(
-            value_sum_factory=tff.aggregators.SecureSumFactory(10.0)
-        )
+    from test_privacy_budget_trainer import _secure_mean
 
     options = dict(algorithm="fedluar", client_weighting="uniform")
-    _, want, want_weights = _run(**options, inner_aggregator=secure(), backend="tensorflow")
-    _, got, got_weights = _run(**options, inner_aggregator=secure(), workers=two_workers.addresses)
+    _, want, want_weights = _run(**options, inner_aggregator=_secure_mean(), backend="tensorflow")
+    _, got, got_weights = _run(
+        **options, inner_aggregator=_secure_mean(), workers=two_workers.addresses
+    )
     (context,) = contexts
     assert context.remote_calls >= ROUNDS * 4
     for key in ("recycled_layers", "upload_bytes", "comm_cost"):
