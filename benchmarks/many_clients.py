@@ -2,12 +2,16 @@
 
 Part 1, rounds of many clients: FedLUAR on the digits CNN, in process
 (``backend="tensorflow"``), K clients per round × τ local steps of batch 16, for
-K in 16, 64, 256 and τ in 5, 1, against the floor: one plain `tf.function` loop
-doing the same K·τ SGD steps on the same model and batches, with no federated
-machinery. Printed per setting: the median round, the floor, their ratio, and the
-fixed cost per client, (round − floor) / K. All settings and their floors are
-measured in turns in this one run, so the ratios are comparable on a busy
-machine; absolute milliseconds are not.
+K in 16, 64, 256 and τ in 5, 1 (and 8 clients × τ = 20, where clients run side by
+side), on both round-data paths: ``"memory"`` (every sampled client's `tf.data`
+pipeline built in Python each round) and ``"tensors"`` (the population held as one
+tensor per component, each round's datasets drawn inside TensorFlow; the default in
+process). Both are compared with the floor: one plain `tf.function` loop doing the
+same K·τ SGD steps on the same model and batches, with no federated machinery.
+Printed per setting and path: the median round, its ratio to the floor, and the
+fixed cost per client, (round − floor) / K. All settings, paths and floors are
+measured in turns in this one run, so the ratios are comparable on a busy machine;
+absolute milliseconds are not.
 
 Part 2, set-up of a large population: 100, 1,000 and 3,400 clients of 30
 examples each, given as a dict of `tf.data.Dataset` (the FEMNIST scale), FedLUAR
@@ -62,9 +66,11 @@ def _digits(num_clients: int):
     return x, y, partition_iid(x, y, num_clients, seed=0)
 
 
-def round_seconds(k: int, tau: int, rounds: int, backend: str, data) -> list[float]:
+def round_seconds(k: int, tau: int, rounds: int, backend: str, data, cache: str) -> list[float]:
     """Round times of FedLUAR at K clients × τ steps (the first round, which traces, dropped)."""
-    history = _trainer(tau, backend).fit(data, rounds=rounds, clients_per_round=k, verbose=0)
+    history = _trainer(tau, backend).fit(
+        data, rounds=rounds, clients_per_round=k, verbose=0, client_data_cache=cache
+    )
     return history.history["round_time"][1:]
 
 
@@ -170,21 +176,28 @@ def main() -> None:
     )
     if not args.skip_rounds:
         data = _digits(300)
-        settings = [(k, tau) for tau in (5, 1) for k in (16, 64, 256)]
-        rounds = {s: [] for s in settings}
+        settings = [(8, 20)] + [(k, tau) for tau in (5, 1) for k in (16, 64, 256)]
+        paths = ("memory", "tensors") if args.backend == "tensorflow" else ("memory",)
+        rounds = {(s, p): [] for s in settings for p in paths}
         floors = {s: [] for s in settings}
         for _ in range(args.repeats):
             for k, tau in settings:
-                rounds[(k, tau)] += round_seconds(k, tau, args.rounds, args.backend, data)
+                for path in paths:
+                    rounds[((k, tau), path)] += round_seconds(
+                        k, tau, args.rounds, args.backend, data, path
+                    )
                 floors[(k, tau)] += floor_seconds(k, tau, max(args.rounds - 1, 3), data)
-        print("\nclients × τ    round ms   floor ms   round ÷ floor   fixed ms per client")
+        print(
+            "\nclients × τ   floor ms   path       round ms   round ÷ floor   fixed ms per client"
+        )
         for k, tau in settings:
-            r = statistics.median(rounds[(k, tau)])
             f = statistics.median(floors[(k, tau)])
-            print(
-                f"{k:>7} × {tau:<3} {r * 1e3:10.1f} {f * 1e3:10.1f} {r / f:15.2f} "
-                f"{(r - f) / k * 1e3:21.3f}"
-            )
+            for path in paths:
+                r = statistics.median(rounds[((k, tau), path)])
+                print(
+                    f"{k:>7} × {tau:<3} {f * 1e3:8.1f}   {path:8s} {r * 1e3:10.1f} {r / f:15.2f} "
+                    f"{(r - f) / k * 1e3:21.3f}"
+                )
     print("\nclients   set-up s   round s   peak RSS growth MB   data MB")
     for n in args.populations:
         m = set_up(n, args.backend, max(args.rounds // 2, 3))

@@ -34,6 +34,48 @@ def global_seed(seed: int):
         ctx._seed = saved
 
 
+_MAXINT32 = 2**31 - 1
+
+
+def seeded_shuffle(dataset: tf.data.Dataset, buffer_size: Any, seed: int, op_seed: Any):
+    """``dataset.shuffle(buffer_size, seed=op_seed)`` under global seed `seed`, also when traced.
+
+    `Dataset.shuffle` turns (global seed, op seed) into the kernel's two seeds
+    in Python, with a comparison that needs a concrete op seed, so inside a
+    `tf.function` it cannot take a tensor op seed while the global seed is 0.
+    This builds the same kernel (``ShuffleDatasetV3``, reshuffled at each
+    repetition, as in eager mode) with the same two seeds: (global seed mod
+    2³¹−1, op seed mod 2³¹−1), and (0, 2³¹−1) in place of (0, 0). So the
+    elements come in the same order as eagerly, under `global_seed` (seed).
+
+    Args:
+      dataset: The dataset to shuffle.
+      buffer_size: The shuffle buffer (an int64 scalar or int).
+      seed: The global seed the eager call runs under.
+      op_seed: The op seed, an int64 scalar tensor or int.
+
+    Returns:
+      The shuffled dataset.
+    """
+    op_seed = tf.math.floormod(tf.cast(op_seed, tf.int64), _MAXINT32)
+    seed = seed % _MAXINT32
+    seed2 = op_seed
+    if seed == 0:
+        seed2 = tf.where(tf.equal(op_seed, 0), tf.constant(_MAXINT32, tf.int64), op_seed)
+    specs = tf.nest.flatten(dataset.element_spec)
+    variant = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(dataset),
+        buffer_size=tf.cast(buffer_size, tf.int64),
+        seed=tf.constant(seed, tf.int64),
+        seed2=seed2,
+        seed_generator=tf.raw_ops.DummySeedGenerator(),
+        output_types=[s.dtype for s in specs],
+        output_shapes=[s.shape for s in specs],
+        reshuffle_each_iteration=True,
+    )
+    return tf.data.experimental.from_variant(variant, dataset.element_spec)
+
+
 def restore_keras_v2_classes(model: tf.keras.Model) -> None:
     """Undoes Keras 2's global class swap after TFF built models in graph mode.
 

@@ -26,6 +26,7 @@ from keras_luar.training.client_data import (
     RoundInputs,
     as_clients,
     cache_clients,
+    resolve_cache_mode,
     round_dataset_options,
 )
 from keras_luar.training.config import TrainerConfig, make_config
@@ -296,16 +297,23 @@ class FederatedTrainer:
           validate_data: Read all client data once before the first round to
             check label values and finiteness (shapes and structure are
             checked either way).
-          client_data_cache: How client data reaches TFF each round. TFF
-            serializes a dataset, data included, on every call: ``"files"``
-            writes each client once to a TFRecord file and passes datasets that
-            read it (the call then carries only a file name); ``"memory"``
-            passes the datasets as they are. ``"auto"`` uses files when a
-            client may hold more than 1 MB on the ``"tff"`` backend, where they
-            are faster, and memory on ``"tensorflow"``, which serializes
-            nothing; both give the same batches. With ``workers``, ``"auto"``
-            is ``"memory"``: each call carries its client's data, so the
-            workers need no access to this machine's files.
+          client_data_cache: How client data reaches each round.
+            ``"tensors"`` (in process only) holds the population's examples
+            once, one tensor per component, and draws every sampled client's
+            batches inside TensorFlow, with no Python per client (see
+            `keras_luar.training.indexed_data`). ``"memory"`` builds each
+            sampled client's `tf.data` pipeline from its dataset every round.
+            ``"files"`` writes each client once to a TFRecord file and reads it
+            back: TFF's C++ runtime serializes a dataset, data included, on
+            every call, and a dataset that reads a file carries only its name.
+            ``"auto"`` picks ``"tensors"`` in process when every client is in
+            memory as tensor slices (arrays, ``(x, y, partitions)``,
+            `FederatedData`, untransformed `Dataset.from_tensor_slices`) of
+            under 2 GiB in all; otherwise ``"files"`` on the ``"tff"`` backend
+            when a client may hold more than 1 MB, else ``"memory"``. With
+            ``workers``, ``"auto"`` is ``"memory"``: each call carries its
+            client's data, so the workers need no access to this machine's
+            files. Every mode gives the same batches in the same order.
 
         Returns:
           `History` whose ``history`` has, per round: ``loss`` and metrics over
@@ -358,25 +366,27 @@ class FederatedTrainer:
             validation_data = validation_dataset(validation_data, signature)
         workdir = tempfile.mkdtemp(prefix="keras_luar_clients_")
         try:
-            in_process = self.config.backend == "tensorflow"
-            with console.announce("Writing client data to files", verbose):
-                clients = cache_clients(
-                    clients, client_data_cache, in_process=in_process, directory=workdir
-                )
+            mode = resolve_cache_mode(
+                clients, client_data_cache, in_process=self.config.backend == "tensorflow",
+                pooled=self.config.workers is not None,
+            )  # fmt: skip
+            if mode == "files":
+                with console.announce("Writing client data to files", verbose):
+                    clients = cache_clients(clients, mode, directory=workdir)
             return self._run(
-                clients, rounds=rounds, clients_per_round=clients_per_round,
+                clients, indexed=mode == "tensors", rounds=rounds, clients_per_round=clients_per_round,
                 validation_data=validation_data, callbacks=callbacks, verbose=verbose,
                 checkpoint_dir=checkpoint_dir,
             )  # fmt: skip
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run(self, clients, *, rounds, clients_per_round, validation_data, callbacks, verbose,
+    def _run(self, clients, *, indexed, rounds, clients_per_round, validation_data, callbacks, verbose,
              checkpoint_dir):  # fmt: skip
         config = self.config
         inputs = RoundInputs(
             clients, local_steps=config.local_steps, batch_size=config.batch, seed=config.seed,
-            augmentation=config.augmentation,
+            augmentation=config.augmentation, indexed=indexed,
         )  # fmt: skip
         context = None
         if config.workers is not None:

@@ -13,7 +13,9 @@ partitions)``, where ``partitions`` is a list of index arrays as returned by
 2. `keras_luar.training.data_checks.check_clients` checks them against the model
    and counts every client's examples (n_i, the weight of ``"example"``
    weighting) before round 0;
-3. `RoundInputs` makes each round's inputs of the sampled clients.
+3. `RoundInputs` makes each round's inputs of the sampled clients (in process,
+   for clients in memory, `keras_luar.training.indexed_data` draws the same
+   batches inside TensorFlow, with no Python per client).
 
 A round's input of a client:
 
@@ -224,6 +226,37 @@ def _shuffle_seed(round_num: int, client_index: int) -> int:
     return (round_num * 100_003 + client_index) % (2**31 - 1)
 
 
+def round_batches(
+    shuffled: tf.data.Dataset,
+    shuffle_seed: Any,
+    *,
+    run_seed: int,
+    local_steps: int,
+    batch_size: int,
+    augmentation: Callable | None,
+) -> tf.data.Dataset:
+    """A client's τ batches of a round from its shuffled examples (eagerly or traced).
+
+    Both round-data paths (`RoundInputs` and
+    `keras_luar.training.indexed_data.IndexedPopulation`) end with this, so
+    they make the same batches: the shuffle repeated as needed, the seeded
+    augmentation of each example (seeded by the shuffle seed, the example's
+    position in the round and the run seed), then τ batches of B.
+    """
+    ds = shuffled.repeat()
+    if augmentation is not None:
+
+        def augmented(index, element):
+            example_seed = tf.random.experimental.stateless_fold_in(
+                tf.stack([tf.cast(shuffle_seed, tf.int64), index]), run_seed
+            )
+            x, *rest = element
+            return (augmentation(x, example_seed), *rest)
+
+        ds = ds.take(local_steps * batch_size).enumerate().map(augmented)
+    return ds.batch(batch_size).take(local_steps)
+
+
 class RoundInputs:
     """Makes a round's dataset for each sampled client (see the module docstring).
 
@@ -233,6 +266,11 @@ class RoundInputs:
       batch_size: B, for unbatched data.
       seed: The run seed.
       augmentation: Optional ``fn(x, seed) -> x`` for unbatched data.
+      indexed: Draw the rounds' datasets inside TensorFlow from the population
+        held as one tensor per component
+        (`keras_luar.training.indexed_data.IndexedPopulation`; the same batches,
+        with no Python per client). The clients must be tensor slices (see
+        `keras_luar.training.indexed_data.unindexable`).
     """
 
     def __init__(
@@ -243,6 +281,7 @@ class RoundInputs:
         batch_size: int,
         seed: int,
         augmentation: Callable | None = None,
+        indexed: bool = False,
     ):
         self.clients = clients
         self.local_steps = local_steps
@@ -254,6 +293,38 @@ class RoundInputs:
         self._sources = {cid: ds.with_options(options) for cid, ds in clients.datasets.items()}
         # Pre-batched data: batches each client has used so far (saved in checkpoints).
         self.cursors: dict[str, int] = {}
+        self.indexed = None
+        if indexed:
+            from keras_luar.training.indexed_data import IndexedPopulation
+
+            self.indexed = IndexedPopulation(
+                clients, local_steps=local_steps, batch_size=batch_size, seed=seed,
+                augmentation=augmentation,
+            )  # fmt: skip
+
+    def round_data(self, chosen: Sequence[int], round_num: int, *, sized: bool) -> list:
+        """The inputs of a round's chosen clients, in order (the cursors do not move).
+
+        Args:
+          chosen: The sampled clients' indices.
+          round_num: The round.
+          sized: Pack each client's data set size along (``"example"``
+            weighting; see `keras_luar.algorithms.weighting`).
+
+        Returns:
+          One dataset, or `SizedClientData`, per chosen client.
+        """
+        if self.indexed is not None:
+            return self.indexed.round_data(chosen, round_num, sized=sized)
+        data = [self.dataset(int(i), round_num) for i in chosen]
+        if sized:
+            from keras_luar.algorithms.weighting import sized_client_data
+
+            sizes, ids = self.clients.sizes, self.clients.ids
+            data = [
+                sized_client_data(d, sizes[ids[int(i)]]) for d, i in zip(data, chosen, strict=True)
+            ]
+        return data
 
     def dataset(self, client_index: int, round_num: int) -> tf.data.Dataset:
         """The round's dataset of the client at `client_index` (the cursor does not move)."""
@@ -272,19 +343,11 @@ class RoundInputs:
 
     def _unbatched(self, cid: str, client_index: int, round_num: int) -> tf.data.Dataset:
         seed = tf.constant(_shuffle_seed(round_num, client_index), tf.int64)
-        ds = self._sources[cid].shuffle(max(self.clients.counts[cid], 1), seed=seed).repeat()
-        if self.augmentation is not None:
-            augment, run_seed = self.augmentation, self.seed
-
-            def augmented(index, element):
-                example_seed = tf.random.experimental.stateless_fold_in(
-                    tf.stack([seed, index]), run_seed
-                )
-                x, *rest = element
-                return (augment(x, example_seed), *rest)
-
-            ds = ds.take(self.local_steps * self.batch_size).enumerate().map(augmented)
-        return ds.batch(self.batch_size).take(self.local_steps)
+        shuffled = self._sources[cid].shuffle(max(self.clients.counts[cid], 1), seed=seed)
+        return round_batches(
+            shuffled, seed, run_seed=self.seed, local_steps=self.local_steps,
+            batch_size=self.batch_size, augmentation=self.augmentation,
+        )  # fmt: skip
 
     def _batched(self, cid: str, client_index: int) -> tf.data.Dataset:
         num_batches = self.clients.counts[cid]
@@ -304,21 +367,57 @@ class RoundInputs:
         return ds.skip(start - first * num_batches).take(self.local_steps)
 
 
-CACHE_MODES = ("auto", "memory", "files")
+CACHE_MODES = ("auto", "memory", "files", "tensors")
 
 
-def cache_clients(clients: Clients, mode: str, *, in_process: bool, directory: str) -> Clients:
-    """`clients` with datasets that read files in `directory` when that is faster.
+def resolve_cache_mode(clients: Clients, mode: str, *, in_process: bool, pooled: bool) -> str:
+    """The way client data reaches the rounds: ``"memory"``, ``"files"`` or ``"tensors"``.
 
-    TFF's C++ runtime serializes every dataset it is given, data included, on
-    every call; a dataset that reads a file serializes to a small graph naming
-    the file. ``"auto"`` uses files when some client may hold more than 1 MB and
-    the rounds do not run in process (in process, nothing is serialized).
+    ``"auto"`` is ``"tensors"`` in process when the clients are tensor slices
+    that fit (see `keras_luar.training.indexed_data`), else ``"files"`` when
+    some client may hold more than 1 MB and the rounds do not run in process
+    (TFF's C++ runtime serializes every dataset it is given, data included, on
+    every call, while a dataset that reads a file serializes to a small graph
+    naming the file), else ``"memory"``.
 
     Args:
       clients: The checked clients.
-      mode: ``"auto"``, ``"memory"`` or ``"files"``.
+      mode: One of `CACHE_MODES`.
       in_process: Whether rounds run in this process's TensorFlow runtime.
+      pooled: Whether client work is sent to TFF workers.
+
+    Returns:
+      The resolved mode.
+
+    Raises:
+      ValueError: For ``"tensors"`` when the rounds or the clients cannot have it.
+    """
+    from keras_luar.training.indexed_data import unindexable
+
+    if mode in ("auto", "tensors"):
+        why = "the rounds run on TFF's runtime (backend='tff')" if not in_process else None
+        if in_process and pooled:
+            why = "client work is sent to TFF workers, which need datasets they can deserialize"
+        why = why or unindexable(clients)
+        if why is None:
+            return "tensors"
+        if mode == "tensors":
+            raise ValueError(
+                "Invalid value for argument `client_data_cache`. Expected 'tensors' only for "
+                "in-memory clients (arrays, (x, y, partitions), FederatedData or untransformed "
+                "Dataset.from_tensor_slices datasets) with backend='tensorflow' and no workers. "
+                f"Received: client_data_cache='tensors', but {why}"
+            )
+        return "files" if not in_process and _may_exceed(clients, 2**20) else "memory"
+    return mode
+
+
+def cache_clients(clients: Clients, mode: str, *, directory: str) -> Clients:
+    """`clients` with datasets that read files in `directory` for ``mode="files"``.
+
+    Args:
+      clients: The checked clients.
+      mode: A mode from `resolve_cache_mode`.
       directory: An existing directory for the files.
 
     Returns:
@@ -326,9 +425,7 @@ def cache_clients(clients: Clients, mode: str, *, in_process: bool, directory: s
     """
     from keras_luar.data.records import read_client_records, write_client_records
 
-    if mode == "auto":
-        mode = "files" if not in_process and _may_exceed(clients, 2**20) else "memory"
-    if mode == "memory":
+    if mode != "files":
         return clients
     stacked = not clients.batched
     paths, _ = write_client_records(clients.datasets, directory, stacked=stacked)

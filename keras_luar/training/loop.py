@@ -21,7 +21,6 @@ import tensorflow_federated as tff
 
 from keras_luar._keras_compat import EveryName
 from keras_luar.algorithms.stateful import StatefulClientProcess, StatefulOutput
-from keras_luar.algorithms.weighting import sized_client_data
 from keras_luar.training import console
 from keras_luar.training.checkpoint import RoundCheckpoint
 from keras_luar.training.client_data import RoundInputs, sample_clients
@@ -183,14 +182,7 @@ class RoundLoop:
                 chosen = sample_clients(
                     self.seed, num_clients, clients_per_round, round_num - round_num % period
                 )
-                data = [self.inputs.dataset(int(i), round_num) for i in chosen]
-                if self.sized:  # each client weighs its data set size
-                    sizes = self.inputs.clients.sizes
-                    ids = self.inputs.clients.ids
-                    data = [
-                        sized_client_data(d, sizes[ids[i]])
-                        for d, i in zip(data, chosen, strict=True)
-                    ]
+                data = self.inputs.round_data(chosen, round_num, sized=self.sized)
                 keys = [int(i) for i in chosen]
                 if process.client_states_by == "slot":
                     keys = list(range(len(chosen)))
