@@ -1,7 +1,7 @@
 """Round data drawn inside TensorFlow: the population held once, each client's batches by index.
 
 With many small clients per round, building every sampled client's `tf.data`
-pipeline in Python each round (about 1.5 ms a client on a CPU) costs as much as
+pipeline in Python each round (about 1 ms a client on a 2-core CPU) costs as much as
 their training. When the clients are in memory as tensor slices (arrays,
 ``(x, y, partitions)``, `FederatedData`, or untransformed
 `tf.data.Dataset.from_tensor_slices` datasets) and the rounds run in process,
@@ -118,11 +118,6 @@ class IndexedPopulation:
         self._augmentation = augmentation
         self._client = None  # (concrete function, element spec of its batches)
         self._rounds: dict[tuple[int, bool], Any] = {}
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the concatenated population."""
-        return sum(int(np.prod(t.shape)) * t.dtype.size for t in self._leaves)
 
     def round_data(self, chosen: Sequence[int], round_num: int, *, sized: bool) -> list:
         """The round's input of each chosen client, as `RoundInputs.round_data` makes it.
