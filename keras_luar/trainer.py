@@ -372,7 +372,7 @@ class FederatedTrainer:
             )  # fmt: skip
             if mode == "files":
                 with console.announce("Writing client data to files", verbose):
-                    clients = cache_clients(clients, mode, directory=workdir)
+                    clients = cache_clients(clients, directory=workdir)
             return self._run(
                 clients, indexed=mode == "tensors", rounds=rounds, clients_per_round=clients_per_round,
                 validation_data=validation_data, callbacks=callbacks, verbose=verbose,

@@ -222,7 +222,8 @@ def sample_clients(seed: int, num_clients: int, per_round: int, round_num: int) 
     return np.sort(rng.choice(num_clients, size=per_round, replace=False))
 
 
-def _shuffle_seed(round_num: int, client_index: int) -> int:
+def _shuffle_seed(round_num: Any, client_index: Any) -> Any:
+    """The shuffle seed of a client's round: of ints, or of int64 tensors when traced."""
     return (round_num * 100_003 + client_index) % (2**31 - 1)
 
 
@@ -297,10 +298,7 @@ class RoundInputs:
         if indexed:
             from keras_luar.training.indexed_data import IndexedPopulation
 
-            self.indexed = IndexedPopulation(
-                clients, local_steps=local_steps, batch_size=batch_size, seed=seed,
-                augmentation=augmentation,
-            )  # fmt: skip
+            self.indexed = IndexedPopulation(self)
 
     def round_data(self, chosen: Sequence[int], round_num: int, *, sized: bool) -> list:
         """The inputs of a round's chosen clients, in order (the cursors do not move).
@@ -328,6 +326,8 @@ class RoundInputs:
 
     def dataset(self, client_index: int, round_num: int) -> tf.data.Dataset:
         """The round's dataset of the client at `client_index` (the cursor does not move)."""
+        if self.indexed is not None:
+            return self.indexed.dataset(client_index, round_num)
         cid = self.clients.ids[client_index]
         with global_seed(self.seed):
             if self.clients.batched:
@@ -395,10 +395,12 @@ def resolve_cache_mode(clients: Clients, mode: str, *, in_process: bool, pooled:
     from keras_luar.training.indexed_data import unindexable
 
     if mode in ("auto", "tensors"):
-        why = "the rounds run on TFF's runtime (backend='tff')" if not in_process else None
-        if in_process and pooled:
+        if not in_process:
+            why = "the rounds run on TFF's runtime (backend='tff')"
+        elif pooled:
             why = "client work is sent to TFF workers, which need datasets they can deserialize"
-        why = why or unindexable(clients)
+        else:
+            why = unindexable(clients)
         if why is None:
             return "tensors"
         if mode == "tensors":
@@ -412,21 +414,18 @@ def resolve_cache_mode(clients: Clients, mode: str, *, in_process: bool, pooled:
     return mode
 
 
-def cache_clients(clients: Clients, mode: str, *, directory: str) -> Clients:
-    """`clients` with datasets that read files in `directory` for ``mode="files"``.
+def cache_clients(clients: Clients, *, directory: str) -> Clients:
+    """`clients` with datasets that read TFRecord files written to `directory` (mode ``"files"``).
 
     Args:
       clients: The checked clients.
-      mode: A mode from `resolve_cache_mode`.
       directory: An existing directory for the files.
 
     Returns:
-      `clients`, or a copy whose datasets read the files (same elements, same order).
+      A copy of `clients` whose datasets read the files (same elements, same order).
     """
     from keras_luar.data.records import read_client_records, write_client_records
 
-    if mode != "files":
-        return clients
     stacked = not clients.batched
     paths, _ = write_client_records(clients.datasets, directory, stacked=stacked)
     spec = clients.element_spec

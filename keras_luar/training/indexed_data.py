@@ -30,7 +30,7 @@ per-client path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,10 +38,10 @@ import tensorflow as tf
 
 from keras_luar._keras_compat import seeded_shuffle
 from keras_luar.algorithms.weighting import SizedClientData
-from keras_luar.training.client_data import round_batches, round_dataset_options
+from keras_luar.training.client_data import _shuffle_seed, round_batches, round_dataset_options
 
 if TYPE_CHECKING:
-    from keras_luar.training.client_data import Clients
+    from keras_luar.training.client_data import Clients, RoundInputs
 
 # Above this many bytes the population is not copied into one tensor per component.
 POPULATION_LIMIT = 2**31
@@ -81,24 +81,14 @@ class IndexedPopulation:
     """Every client's examples as one tensor per component, and each round's datasets.
 
     Args:
-      clients: The checked clients; `unindexable` must have returned None.
-      local_steps: τ, batches per client per round.
-      batch_size: B.
-      seed: The run seed.
-      augmentation: Optional ``fn(x, seed) -> x``.
+      inputs: The `RoundInputs` it draws for (its clients, τ, B, run seed and
+        augmentation); `unindexable` must have returned None for its clients.
     """
 
-    def __init__(
-        self,
-        clients: Clients,
-        *,
-        local_steps: int,
-        batch_size: int,
-        seed: int,
-        augmentation: Callable | None = None,
-    ):
+    def __init__(self, inputs: RoundInputs):
         from keras_luar._tff_internals import tensor_slices
 
+        clients = inputs.clients
         self._spec = clients.element_spec
         per_client = [tensor_slices(clients.datasets[cid]) for cid in clients.ids]
         counts = [int(t[0].shape[0]) for t in per_client]
@@ -110,12 +100,8 @@ class IndexedPopulation:
             ]
             self._offsets = tf.constant(np.cumsum([0, *counts[:-1]]), tf.int64)
             self._counts = tf.constant(counts, tf.int64)
-            sizes = [clients.sizes.get(cid, n) for cid, n in zip(clients.ids, counts, strict=True)]
-            self._sizes = tf.constant(sizes, tf.float32)
-        self._local_steps = local_steps
-        self._batch_size = batch_size
-        self._seed = seed
-        self._augmentation = augmentation
+            self._sizes = tf.constant([clients.sizes[cid] for cid in clients.ids], tf.float32)
+        self._inputs = inputs
         self._client = None  # (concrete function, element spec of its batches)
         self._rounds: dict[tuple[int, bool], Any] = {}
 
@@ -158,12 +144,12 @@ class IndexedPopulation:
                 source = tf.data.Dataset.from_tensor_slices(
                     tf.nest.pack_sequence_as(self._spec, parts)
                 ).with_options(round_dataset_options())
-                # client_data._shuffle_seed, on tensors
-                shuffle_seed = (round_num * 100_003 + index) % (2**31 - 1)
-                shuffled = seeded_shuffle(source, tf.maximum(count, 1), self._seed, shuffle_seed)
+                inputs = self._inputs
+                shuffle_seed = _shuffle_seed(round_num, index)  # on tensors, as on ints
+                shuffled = seeded_shuffle(source, tf.maximum(count, 1), inputs.seed, shuffle_seed)
                 batches = round_batches(
-                    shuffled, shuffle_seed, run_seed=self._seed, local_steps=self._local_steps,
-                    batch_size=self._batch_size, augmentation=self._augmentation,
+                    shuffled, shuffle_seed, run_seed=inputs.seed, local_steps=inputs.local_steps,
+                    batch_size=inputs.batch_size, augmentation=inputs.augmentation,
                 )  # fmt: skip
                 found["spec"] = batches.element_spec
                 size = tf.data.Dataset.from_tensors(self._sizes[index])
