@@ -177,7 +177,8 @@ def _sliced_arrays(datasets: dict[str, tf.data.Dataset]) -> dict[str, tuple[Any,
         tensors = tensor_slices(ds) if isinstance(spec, tuple) and len(spec) == 2 else None
         if tensors is None:
             return None
-        arrays[cid] = tuple(tf.nest.pack_sequence_as(spec, [t.numpy() for t in tensors]))
+        # np.asarray shares the tensors' memory (`.numpy()` would copy the population)
+        arrays[cid] = tuple(tf.nest.pack_sequence_as(spec, [np.asarray(t) for t in tensors]))
     return arrays
 
 

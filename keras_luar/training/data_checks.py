@@ -195,17 +195,12 @@ def _check_arrays(clients: Clients, signature: ModelSignature, scan: bool) -> No
     for j in range(len(xs[0])):
         column = [np.asarray(x[j]) for x in xs]
         if np.issubdtype(column[0].dtype, np.floating):
-            bad = ~np.isfinite(np.concatenate([c.reshape(len(c), -1) for c in column])).all(axis=1)
-            if bad.any():
-                cid = ids[
-                    int(
-                        np.searchsorted(
-                            np.cumsum([len(c) for c in column]), np.argmax(bad), side="right"
-                        )
-                    )
-                ]
+            # Client by client: concatenating first would hold a second copy of the data.
+            bad = next((k for k, c in enumerate(column) if not np.isfinite(c).all()), None)
+            if bad is not None:
                 raise _error(
-                    "client_data", f"finite inputs. Received: client {cid!r} has NaN or Inf in x"
+                    "client_data",
+                    f"finite inputs. Received: client {ids[bad]!r} has NaN or Inf in x",
                 )
     if signature.sparse_labels:
         labels = np.concatenate([y.reshape(-1) for y in ys])

@@ -77,6 +77,50 @@ def unindexable(clients: Clients) -> str | None:
     return None
 
 
+# Numeric dtypes a numpy buffer can hand to TensorFlow without a copy (DLPack).
+_SHAREABLE = frozenset(
+    tf.dtypes.as_dtype(d)
+    for d in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+              "uint16", "uint32", "uint64")
+)  # fmt: skip
+_ALIGNMENT = 64  # bytes; what TensorFlow's CPU kernels (Eigen) assume of a tensor's buffer
+
+
+def concatenated(tensors: Sequence[tf.Tensor], dtype: tf.DType) -> tf.Tensor:
+    """The host tensors concatenated along axis 0, with one copy of their data.
+
+    ``tf.constant`` of a numpy array holds about twice the array's bytes at its peak
+    (measured: 390 MB for a 200 MB array), and ``tf.concat`` of 3,400 small tensors
+    takes ten times numpy's time. So each client's tensor is copied, through a
+    numpy view that shares its memory, into one 64-byte-aligned numpy buffer, which
+    TensorFlow then takes over through DLPack without copying (the tensor keeps the
+    buffer alive). Dtypes DLPack does not carry (strings, bool) go through
+    ``tf.constant``.
+
+    Args:
+      tensors: Host tensors of equal trailing shape and of `dtype`.
+      dtype: Their dtype.
+
+    Returns:
+      A host tensor of ``sum(len(t))`` rows.
+    """
+    views = [np.asarray(t) for t in tensors]  # no copy: views of the eager tensors
+    if dtype not in _SHAREABLE:
+        return tf.constant(np.concatenate(views), dtype)
+    rows = sum(len(v) for v in views)
+    shape = (rows, *views[0].shape[1:])
+    itemsize = np.dtype(dtype.as_numpy_dtype).itemsize
+    nbytes = int(np.prod(shape)) * itemsize
+    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    out = raw[start : start + nbytes].view(dtype.as_numpy_dtype).reshape(shape)
+    row = 0
+    for v in views:
+        out[row : row + len(v)] = v
+        row += len(v)
+    return tf.experimental.dlpack.from_dlpack(out.__dlpack__())
+
+
 class IndexedPopulation:
     """Every client's examples as one tensor per component, and each round's datasets.
 
@@ -93,9 +137,8 @@ class IndexedPopulation:
         per_client = [tensor_slices(clients.datasets[cid]) for cid in clients.ids]
         counts = [int(t[0].shape[0]) for t in per_client]
         with tf.device("/CPU:0"):
-            # numpy's concatenation of 3,400 clients takes a tenth of tf.concat's time.
             self._leaves = [
-                tf.constant(np.concatenate([t[j].numpy() for t in per_client]), spec.dtype)
+                concatenated([t[j] for t in per_client], spec.dtype)
                 for j, spec in enumerate(tf.nest.flatten(self._spec))
             ]
             self._offsets = tf.constant(np.cumsum([0, *counts[:-1]]), tf.int64)

@@ -154,3 +154,21 @@ def test_tensors_for_data_it_cannot_hold_fails_before_any_round():
         _fit(_trainer(backend="tff"), client_data_cache="tensors")
     for a, b in zip(before, _weights(trainer.model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64", "uint8", "bool", "string"])
+def test_concatenated_population_equals_numpy_concatenation(dtype):
+    from keras_luar.training.indexed_data import concatenated
+
+    rng = np.random.default_rng(3)
+    parts = [rng.integers(0, 9, (n, 2, 3)) for n in (4, 0, 1, 7)]
+    if dtype == "string":
+        parts = [p.astype(str).astype(object) for p in parts]
+    else:
+        parts = [p.astype(dtype) for p in parts]
+    tensors = [tf.constant(p, tf.dtypes.as_dtype(dtype)) for p in parts]
+    joined = concatenated(tensors, tf.dtypes.as_dtype(dtype))
+    assert joined.dtype == tf.dtypes.as_dtype(dtype) and joined.shape == (12, 2, 3)
+    np.testing.assert_array_equal(joined.numpy(), np.concatenate([t.numpy() for t in tensors]))
+    del tensors, parts  # the population owns its buffer
+    assert int(tf.size(joined)) == 72 and joined.numpy().shape == (12, 2, 3)
