@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -301,6 +303,31 @@ def test_ctrl_c_in_quickstart_and_compare_prints_one_line(argv, after, expected,
     assert code == 130
     assert len(err.splitlines()) == 1 and re.match(expected, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_a_coroutine_waits_prints_no_never_awaited_warning(monkeypatch, capsys):
+    # CI once saw Ctrl-C land while TFF held an un-awaited coroutine: freeing the
+    # traceback printed "coroutine ... was never awaited" under the one line.
+    async def invoke():
+        return 0
+
+    def handler(args):
+        pending = invoke()  # held by this frame when Ctrl-C lands  # noqa: F841
+        raise KeyboardInterrupt
+
+    def build_parser():
+        parser = argparse.ArgumentParser(prog="keras-luar")
+        sub = parser.add_subparsers(dest="command")
+        sub.add_parser("wait").set_defaults(handler=handler)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["wait"]) == 130
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+    assert capsys.readouterr().err == "keras-luar wait: interrupted\n"
 
 
 def test_ctrl_c_without_checkpoint_dir_says_how_to_make_runs_resumable():
