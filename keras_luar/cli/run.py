@@ -52,7 +52,7 @@ def _add_run(subparsers) -> None:
         choices=defaults.BACKENDS,
         default="auto",
         help="where rounds run: TFF's C++ runtime (CPU), in-process TensorFlow (GPU when "
-        "present), or auto (tensorflow when TensorFlow sees a GPU)",
+        "present), or auto (tensorflow: the faster on a CPU too; tff is the reference)",
     )
     parser.add_argument(
         "--upload-budget",

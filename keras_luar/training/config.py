@@ -182,7 +182,7 @@ def make_config(
         raise invalid(
             "parallel_clients",
             f"1: it applies to backend='tensorflow' only, and backend={backend!r} runs on "
-            f"TFF's runtime{' (TensorFlow sees no GPU)' if backend == 'auto' else ''}",
+            "TFF's runtime",
             parallel_clients,
         )
     if mixed_precision not in MIXED_PRECISION:

@@ -166,11 +166,11 @@ def test_callbacks_set_the_client_learning_rate_in_process():
         np.testing.assert_array_equal(got, want)
 
 
-def test_auto_picks_tensorflow_only_when_tensorflow_sees_a_gpu(monkeypatch):
+def test_auto_picks_the_in_process_backend_with_and_without_a_gpu(monkeypatch):
     assert backends.resolve_backend("tff") == "tff"
     assert backends.resolve_backend("tensorflow") == "tensorflow"
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
-    assert backends.resolve_backend("auto") == "tff"
+    assert backends.resolve_backend("auto") == "tensorflow"
     gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu])
     assert backends.resolve_backend("auto") == "tensorflow"
