@@ -19,9 +19,10 @@ with 50 clients per round: seconds from `fit` to the start of round 0 (checks,
 sizes, the process build and its compilation), the time of the rounds after, and
 the peak growth of the process's resident memory during `fit` (sampled every
 10 ms) next to the population's size in bytes. Each population is set up twice in
-a row, with new datasets and a new trainer: the first `fit` also pays for what
-TensorFlow keeps once it has traced such a round (graphs, kernels, the allocator's
-pools), the second shows what the population itself costs.
+a row, with new datasets and a new trainer. Resident memory rarely shrinks, so a
+growth is measured above everything the process held before: the run's first `fit`
+also pays for TensorFlow's runtime, graphs and allocator pools, and later fits reuse
+memory that earlier ones freed.
 
     uv run python benchmarks/many_clients.py [--repeats 3] [--rounds 6] [--backend tensorflow]
 """
