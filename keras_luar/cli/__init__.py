@@ -84,7 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = on_interrupt(args) if on_interrupt else f"keras-luar {args.command}: interrupted"
         print(message, file=sys.stderr, flush=True)
         _release_quietly(error)
-        del error
         return 130
     finally:
         console.report_interrupts.reset(token)
