@@ -101,10 +101,12 @@ __all__ = [
     "desugar_and_transform_to_native",
     "download",
     "extract_tensor_names_from_binding",
+    "graph_function",
     "holds_secure_intrinsics",
     "make_struct",
     "patch_executor_subprocess",
     "patch_grappler",
+    "register_functions",
     "replace_intrinsics_with_bodies",
     "run_sync",
     "silence_service_manager_teardown",
@@ -168,6 +170,66 @@ def without_secure_intrinsics(comp: Any) -> Any:
         context_stack=tff.framework.get_context_stack(),
         annotated_type=comp.type_signature,
     )
+
+
+def graph_function(
+    python_function: Callable, input_signature: list, attributes: dict[str, Any]
+) -> Any:
+    """A concrete function traced without automatic control dependencies (TensorFlow 2.14).
+
+    `tf.function` orders the stateful ops of its body by automatic control
+    dependencies, which cannot process graphs imported with TensorFlow 1 control
+    flow (TFF's Grappler pass lowers conditionals to Switch/Merge). A TFF block's
+    GraphDef carries the control edges its ops need, as a session runs it; the
+    in-process backend imports it with this (`tf.compat.v1.wrap_function` traces
+    the same way, but copies the whole graph to register its functions).
+
+    Args:
+      python_function: Builds the body from its flat input tensors.
+      input_signature: One `tf.TensorSpec` per input.
+      attributes: Function attributes, e.g. ``{"_noinline": True}``.
+
+    Returns:
+      A `ConcreteFunction` whose outputs are what `python_function` returns.
+    """
+    from tensorflow.core.function.polymorphism import function_type as function_type_lib
+    from tensorflow.python.eager.polymorphic_function import concrete_function
+    from tensorflow.python.framework import func_graph
+
+    graph = func_graph.func_graph_from_py_func(
+        "keras_luar_block",
+        python_function,
+        None,
+        None,
+        signature=input_signature,
+        add_control_dependencies=False,
+    )
+    function_type = function_type_lib.from_structured_signature(
+        graph.structured_input_signature,
+        graph.structured_outputs,
+        graph.function_captures.capture_types,
+    )
+    return concrete_function.ConcreteFunction.from_func_graph(
+        graph, function_type, attributes, shared_func_graph=False
+    )
+
+
+def register_functions(library: Any) -> None:
+    """Registers a GraphDef library's functions with the eager context (TensorFlow 2.14).
+
+    A graph imported into a `tf.function` keeps its library functions in that
+    function's graph only; a call of the function from eager code or from another
+    function looks them up in the eager context. For the in-process backend's blocks.
+
+    Args:
+      library: A ``FunctionDefLibrary``.
+    """
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    for function in library.function:
+        if not ctx.has_function(function.signature.name):
+            ctx.add_function_def(function)
 
 
 def call_flat(function: Any, inputs: Sequence[Any]) -> Any:

@@ -45,6 +45,7 @@ import tensorflow_federated as tff
 from keras_luar import _runtime
 from keras_luar._federated import server_and_clients, state_around_inner
 from keras_luar._validation import check_aggregation_types, holds_secure_sum
+from keras_luar.algorithms.local_training import all_finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +210,7 @@ def build_masked_process(
     @tff.tensorflow.computation(value_type, weight_type, mask_type)
     def prepare_upload(value, weight, sent):
         flat = tf.nest.flatten(value)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
-        valid = tf.logical_and(finite, weight > 0)
+        valid = tf.logical_and(all_finite(flat), weight > 0)
         keep = tf.unstack(tf.logical_and(sent, valid), num=num_variables)
         # tf.where, not a product: 0 * NaN would still be NaN in the inner sum.
         flat = [tf.where(k, t, tf.zeros_like(t)) for k, t in zip(keep, flat, strict=True)]

@@ -289,3 +289,25 @@ def test_local_batchnorm_statistics_stay_with_each_client():
     for i in range(0, len(x0), 2):
         mean = 0.5 * mean + 0.5 * x0[i : i + 2].mean(axis=0)
     np.testing.assert_allclose(out2.client_states[0]["statistics"][0], mean, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float16, tf.bfloat16, tf.float64])
+def test_all_finite_finds_every_nan_and_inf_eagerly_and_traced(dtype):
+    from keras_luar.algorithms.local_training import all_finite
+
+    shapes = [(3, 3, 1, 4), (4,), (0,), (512, 64), ()]
+    tensors = [tf.cast(tf.random.stateless_normal(s, [1, 2]), dtype) for s in shapes]
+    # Traced, Grappler rewrites the check's arithmetic (it folds t * 0 to zeros, for one).
+    traced = tf.function(all_finite)
+    assert bool(all_finite(tensors)) and bool(traced(tensors))
+    for i, shape in enumerate(shapes):
+        if 0 in shape:
+            continue
+        for bad in (np.nan, np.inf, -np.inf):
+            values = np.array(tensors[i].numpy(), dtype=np.float64)
+            values.reshape(-1)[values.size // 2] = bad
+            broken = list(tensors)
+            broken[i] = tf.cast(tf.constant(values), dtype)
+            assert not bool(all_finite(broken)), (i, bad)
+            assert not bool(traced(broken)), (i, bad)
+    assert bool(all_finite([])) and bool(all_finite({"empty": tf.zeros([0, 3])}))

@@ -230,6 +230,66 @@ def test_context_runs_federated_intrinsics_like_the_cpp_runtime():
         )
 
 
+@tff.tensorflow.computation(np.float32, np.float32)
+def _stateful_block(x, unused):
+    # A variable set by the init op, changed by the body, read for the result; a
+    # parameter the result does not need; an op colocated with a parameter.
+    variable = tf.Variable(3.0)
+    with tf.control_dependencies([variable.assign_add(x)]):
+        total = variable.read_value()
+    with tf.compat.v1.colocate_with(x):
+        doubled = 2.0 * x
+    return total, doubled
+
+
+@tff.federated_computation(tff.FederatedType(np.float32, tff.CLIENTS))
+def _stateful_round(xs):
+    return tff.federated_map(_stateful_block, (xs, xs))
+
+
+@pytest.mark.parametrize(
+    "context", [dict(), dict(trace=False), dict(parallel_clients=2)], ids=str
+)  # fmt: skip
+def test_a_block_runs_its_init_op_first_on_fresh_variables_every_call(context):
+    # TFF runs a block as two session runs, the init op then the results; in
+    # process both are one function, and the results must still see the
+    # initialized variables (3 + x, never an uninitialized read or a previous
+    # client's 3 + x + x').
+    xs = [1.0, 10.0, 100.0, 1000.0]
+    expected = [(3.0 + x, 2.0 * x) for x in xs]
+    assert [tuple(r) for r in _stateful_round(xs)] == expected  # TFF's runtime
+    with tff.framework.get_context_stack().install(InProcessContext(**context)):
+        for _ in range(2):
+            assert [tuple(r) for r in _stateful_round(xs)] == expected
+
+
+def test_block_parts_pass_a_parameter_through_and_skip_an_unread_one():
+    # TFF's compiler makes blocks whose result is bound to a parameter's placeholder.
+    from keras_luar import _tff_internals
+    from keras_luar.backends.in_process.graph_defs import BlockParts
+
+    with tf.Graph().as_default() as graph:
+        x = tf.compat.v1.placeholder(tf.float32, [], name="x")
+        tf.compat.v1.placeholder(tf.float32, [2], name="unread")
+        y = tf.compat.v1.placeholder(tf.int32, [], name="y")
+        doubled = tf.multiply(x, 2.0, name="doubled")
+    parts = BlockParts(
+        graph.as_graph_def(), ["x:0", "unread:0", "y:0"], [doubled.name, y.name], None
+    )
+    assert not parts.stateful
+    assert [spec for spec in parts.input_specs] == [
+        ([], tf.float32),
+        ([2], tf.float32),
+        ([], tf.int32),
+    ]
+    specs = [tf.TensorSpec(shape, dtype) for shape, dtype in parts.input_specs]
+    function = _tff_internals.graph_function(
+        lambda *inputs: parts.import_into_function(list(inputs), after=[]), specs, {}
+    )
+    got = function(tf.constant(1.5), tf.zeros([2]), tf.constant(7))
+    assert [t.numpy() for t in got] == [3.0, 7]
+
+
 def test_context_refuses_client_data_that_is_not_a_dataset():
     with tff.framework.get_context_stack().install(InProcessContext()):
         with pytest.raises(TypeError, match="tf.data.Dataset"):

@@ -18,10 +18,11 @@ the very same computations here instead:
    (broadcast, map, apply, zip, aggregate, value) are a few lines each, with
    the C++ runtime's semantics (``federated_aggregate`` accumulates the
    clients in order, from ``zero``). (``interpreter``, ``values``)
-3. Each TensorFlow block (local training, the LUAR server step, ...) is
-   imported once into a `tf.compat.v1.wrap_function` and pruned to its
-   parameter and result bindings: a concrete function that is never retraced.
-   Tensors stay where TensorFlow placed them (on the GPU when there is one)
+3. Each TensorFlow block (local training, the LUAR server step, ...) becomes
+   one concrete function, built once and never retraced: the part of its graph
+   that the init op needs, then the part its results need, with the
+   parameters mapped to the function's inputs, as TFF's runtime runs a block
+   (the init op, then the results). Tensors stay where TensorFlow placed them (on the GPU when there is one)
    between the blocks of a call; client datasets are handed over as dataset
    variants, so no data is serialized or copied per round. (``blocks``,
    ``graph_defs``)
