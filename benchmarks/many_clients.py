@@ -18,19 +18,26 @@ examples each, given as a dict of `tf.data.Dataset` (the FEMNIST scale), FedLUAR
 with 50 clients per round: seconds from `fit` to the start of round 0 (checks,
 sizes, the process build and its compilation), the time of the rounds after, and
 the peak growth of the process's resident memory during `fit` (sampled every
-10 ms) next to the population's size in bytes. Each population is set up twice in
-a row, with new datasets and a new trainer. Resident memory rarely shrinks, so a
-growth is measured above everything the process held before: the run's first `fit`
-also pays for TensorFlow's runtime, graphs and allocator pools, and later fits reuse
-memory that earlier ones freed.
+10 ms) next to the population's size in bytes. Each population runs in a fresh
+process, so no run reuses memory another one freed. A fit's growth also holds
+what does not depend on the population (TensorFlow's graphs, the traced rounds,
+allocator pools), so each size is also run with a population of 50 clients (the
+clients of one round; the baseline), and the growth above the baseline's is the
+population's own share. That is printed for the digits' 8×8 images (25 MB for
+3,400 clients, of the order of the baseline's own noise) and for 28×28 images,
+FEMNIST's size (320 MB for 3,400 clients of 30 examples), where the data dominates.
 
     uv run python benchmarks/many_clients.py [--repeats 3] [--rounds 6] [--backend tensorflow]
+                                              [--skip-rounds] [--populations 100 1000 3400]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -143,15 +150,42 @@ class _FirstRound(tf.keras.callbacks.Callback):
             self.at = time.perf_counter()
 
 
-def set_up(num_clients: int, backend: str, rounds: int) -> dict[str, float]:
+def _image_cnn(side: int) -> tf.keras.Model:
+    """The digits CNN for 8×8 images; a small CNN for larger ones."""
+    if side == 8:
+        return digits_cnn()
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((side, side, 1)),
+            tf.keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv"),
+            tf.keras.layers.Flatten(name="flatten"),
+            tf.keras.layers.Dense(10, name="logits"),
+        ]
+    )
+
+
+def set_up(num_clients: int, backend: str, rounds: int, side: int = 8) -> dict[str, float]:
+    """One fit on `num_clients` clients of 30 side×side images: set-up, rounds, memory."""
     rng = np.random.default_rng(num_clients)
-    x = rng.random((num_clients, 30, 8, 8, 1), dtype=np.float32)
+    x = rng.random((num_clients, 30, side, side, 1), dtype=np.float32)
     y = rng.integers(0, 10, (num_clients, 30)).astype(np.int32)
     datasets = {
         f"writer_{i:04d}": tf.data.Dataset.from_tensor_slices((x[i], y[i]))
         for i in range(num_clients)
     }
-    trainer = _trainer(5, backend)
+    tf.keras.utils.set_random_seed(0)
+    trainer = keras_luar.FederatedTrainer(
+        _image_cnn(side),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        algorithm="fedluar",
+        num_recycled_layers=1,
+        local_steps=5,
+        batch_size=BATCH,
+        client_optimizer=tf.keras.optimizers.SGD(0.05, momentum=0.9),
+        backend=backend,
+        seed=0,
+    )
     first = _FirstRound()
     began = time.perf_counter()
     with _PeakRss() as rss:
@@ -166,7 +200,28 @@ def set_up(num_clients: int, backend: str, rounds: int) -> dict[str, float]:
     }
 
 
+def set_up_in_a_fresh_process(
+    num_clients: int, backend: str, rounds: int, side: int
+) -> dict[str, float]:
+    """`set_up` in a new Python process (so it reuses no memory an earlier run freed)."""
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(num_clients),
+        backend,
+        str(rounds),
+        str(side),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        num_clients, backend, rounds, side = sys.argv[2:6]
+        print(json.dumps(set_up(int(num_clients), backend, int(rounds), int(side))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=6)
@@ -202,15 +257,21 @@ def main() -> None:
                     f"{k:>7} × {tau:<3} {f * 1e3:8.1f}   {path:8s} {r * 1e3:10.1f} {r / f:15.2f} "
                     f"{(r - f) / k * 1e3:21.3f}"
                 )
+    rounds = max(args.rounds // 2, 3)
     print(
-        "\nclients   set-up s (first / again)   round s   peak RSS growth MB (first / again)"
-        "   data MB"
+        "\nimage  clients   set-up s   round s   peak RSS growth MB   above the baseline MB"
+        "   data MB   above the baseline ÷ data"
     )
-    for n in args.populations:
-        first, again = (set_up(n, args.backend, max(args.rounds // 2, 3)) for _ in range(2))
-        setup = f"{first['setup_s']:.1f} / {again['setup_s']:.1f}"
-        peak = f"{first['peak_mb']:.0f} / {again['peak_mb']:.0f}"
-        print(f"{n:>7} {setup:>26} {again['round_s']:9.3f} {peak:>36} {first['data_mb']:9.1f}")
+    for side, populations in ((8, args.populations), (28, [max(args.populations)])):
+        base = set_up_in_a_fresh_process(50, args.backend, rounds, side)
+        for n in [50, *populations]:
+            run = base if n == 50 else set_up_in_a_fresh_process(n, args.backend, rounds, side)
+            above = run["peak_mb"] - base["peak_mb"]
+            ratio = "(baseline)" if n == 50 else f"{above / run['data_mb']:.2f}"
+            print(
+                f"{side:>2}×{side:<2} {n:>8} {run['setup_s']:10.1f} {run['round_s']:9.3f} "
+                f"{run['peak_mb']:20.0f} {above:23.0f} {run['data_mb']:9.1f} {ratio:>27}"
+            )
 
 
 if __name__ == "__main__":
