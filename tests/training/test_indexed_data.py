@@ -117,6 +117,24 @@ def test_auto_holds_the_population_only_where_it_can():
             mode(*args, "tensors", **kwargs)
 
 
+def test_file_backed_or_too_large_populations_keep_the_per_client_path(tmp_path, monkeypatch):
+    from keras_luar.training import indexed_data
+    from keras_luar.training.client_data import cache_clients
+
+    arrays = _clients(_client_data())
+    in_files = cache_clients(arrays, directory=str(tmp_path))  # TFRecord readers
+    assert resolve_cache_mode(in_files, "auto", in_process=True, pooled=False) == "memory"
+    with pytest.raises(ValueError, match="'tensors'.*client '0' is not an untransformed"):
+        resolve_cache_mode(in_files, "tensors", in_process=True, pooled=False)
+    nbytes = sum(x.nbytes + y.nbytes for x, y in arrays.arrays.values())
+    monkeypatch.setattr(indexed_data, "POPULATION_LIMIT", nbytes - 1)
+    assert resolve_cache_mode(arrays, "auto", in_process=True, pooled=False) == "memory"
+    with pytest.raises(ValueError, match=f"'tensors'.*holds more than {nbytes - 1} bytes"):
+        resolve_cache_mode(arrays, "tensors", in_process=True, pooled=False)
+    monkeypatch.setattr(indexed_data, "POPULATION_LIMIT", nbytes)
+    assert resolve_cache_mode(arrays, "auto", in_process=True, pooled=False) == "tensors"
+
+
 def test_a_run_is_the_same_on_both_paths_and_resumes_to_itself(tmp_path):
     # In process, with "example" weighting (each client's size goes along):
     # "memory" builds every client's pipeline in Python each round.
