@@ -118,6 +118,28 @@ def concatenated(tensors: Sequence[tf.Tensor], dtype: tf.DType) -> tf.Tensor:
     return tf.experimental.dlpack.from_dlpack(out.__dlpack__())
 
 
+
+def _options() -> tf.data.Options:
+    """`round_dataset_options`, and no private thread pool.
+
+    tf.data gives every iterator a private thread pool, by default of one
+    thread per core, started when the iterator is made and joined when it is
+    freed: for every client in every round. A negative size (TensorFlow's
+    ``RootDataset`` makes a pool only for a size of 0 or more) leaves the
+    iterator on the runner of the function that iterates it. This pipeline
+    (slices, shuffle, repeat, a sequential map, batch, take) makes each
+    element on the thread that asks for it, with nothing running ahead, so it
+    needs no pool of its own. At 256 clients × τ = 1 the round took
+    1.16–1.23 × the floor with a pool (of one thread or of one per core) and
+    0.97 × without one (``benchmarks/many_clients.py``). Users' own datasets, on
+    the per-client path, keep tf.data's default: their parallel maps or
+    interleaves would otherwise share the training's threads.
+    """
+    options = round_dataset_options()
+    options.threading.private_threadpool_size = -1
+    return options
+
+
 class IndexedPopulation:
     """Every client's examples as one tensor per component, and each round's datasets.
 
@@ -183,7 +205,7 @@ class IndexedPopulation:
                 parts = [leaf[offset : offset + count] for leaf in self._leaves]
                 source = tf.data.Dataset.from_tensor_slices(
                     tf.nest.pack_sequence_as(self._spec, parts)
-                ).with_options(round_dataset_options())
+                ).with_options(_options())
                 inputs = self._inputs
                 shuffle_seed = _shuffle_seed(round_num, index)  # on tensors, as on ints
                 shuffled = seeded_shuffle(source, tf.maximum(count, 1), inputs.seed, shuffle_seed)

@@ -64,6 +64,11 @@ def test_indexed_batches_are_the_per_client_batches(seed, augmentation):
         got = indexed.round_data(chosen, round_num, sized=True)
         for g, w, n in zip(got, want, sizes, strict=True):
             _assert_same_batches(g.batches, w.batches)
+            # No private thread pool for its own pipeline; users' data keep the default.
+            assert g.batches.options().threading.private_threadpool_size == -1
+            assert w.batches.options().threading.private_threadpool_size is None
+            assert not g.batches.options().autotune.enabled
+            assert not w.batches.options().autotune.enabled
             assert list(g.data_size.as_numpy_iterator()) == [np.float32(n)]
         plain = indexed.round_data([3, 1], round_num, sized=False)  # any choice, in its order
         _assert_same_batches(plain[0], per_client.dataset(3, round_num))
