@@ -118,7 +118,6 @@ def concatenated(tensors: Sequence[tf.Tensor], dtype: tf.DType) -> tf.Tensor:
     return tf.experimental.dlpack.from_dlpack(out.__dlpack__())
 
 
-
 def _options() -> tf.data.Options:
     """`round_dataset_options`, and no private thread pool.
 
