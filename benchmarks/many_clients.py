@@ -52,14 +52,16 @@ from keras_luar.quickstart import digits_cnn
 BATCH = 16
 
 
-def _trainer(tau: int, backend: str) -> keras_luar.FederatedTrainer:
+def _trainer(
+    tau: int, backend: str, make_model=digits_cnn, num_recycled_layers: int = 2
+) -> keras_luar.FederatedTrainer:
     tf.keras.utils.set_random_seed(0)
     return keras_luar.FederatedTrainer(
-        digits_cnn(),
+        make_model(),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         algorithm="fedluar",
-        num_recycled_layers=2,
+        num_recycled_layers=num_recycled_layers,
         local_steps=tau,
         batch_size=BATCH,
         client_optimizer=tf.keras.optimizers.SGD(0.05, momentum=0.9),
@@ -173,19 +175,7 @@ def set_up(num_clients: int, backend: str, rounds: int, side: int = 8) -> dict[s
         f"writer_{i:04d}": tf.data.Dataset.from_tensor_slices((x[i], y[i]))
         for i in range(num_clients)
     }
-    tf.keras.utils.set_random_seed(0)
-    trainer = keras_luar.FederatedTrainer(
-        _image_cnn(side),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        algorithm="fedluar",
-        num_recycled_layers=1,
-        local_steps=5,
-        batch_size=BATCH,
-        client_optimizer=tf.keras.optimizers.SGD(0.05, momentum=0.9),
-        backend=backend,
-        seed=0,
-    )
+    trainer = _trainer(5, backend, lambda: _image_cnn(side), num_recycled_layers=1)
     first = _FirstRound()
     began = time.perf_counter()
     with _PeakRss() as rss:
